@@ -1,0 +1,50 @@
+# Two commands do all set-up: `make run` (serve the bundled demo model on CPU) and
+# `make test`. Both create .venv on first use from the pinned set in requirements/.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP_QUIET ?= -q
+
+.PHONY: run test lint format lock tiny-model full-size-model clean-venv
+
+$(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.10+ or run 'make PYTHON=python3 ...'"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -m pip install $(PIP_QUIET) -r requirements/lock.txt
+	$(PY) -m pip install $(PIP_QUIET) --no-deps -r requirements/no-deps.txt
+	$(PY) -m pip install $(PIP_QUIET) --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m serve_app.cli run $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m ruff check serve_app tests scripts bench
+	$(PY) -m ruff format --check serve_app tests scripts bench
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check serve_app tests scripts bench
+	$(PY) -m ruff format --check serve_app tests scripts bench
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix serve_app tests scripts bench
+	$(PY) -m ruff format serve_app tests scripts bench
+
+# Re-resolve requirements/direct.txt into the pinned lock file (needs the registries).
+lock:
+	rm -rf /tmp/reverb-serve-lock && $(PYTHON) -m venv /tmp/reverb-serve-lock
+	/tmp/reverb-serve-lock/bin/pip install $(PIP_QUIET) -r requirements/direct.txt
+	{ sed -n '/^#/p' requirements/lock.txt; /tmp/reverb-serve-lock/bin/pip freeze; } > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
+
+tiny-model: $(STAMP)
+	$(PY) scripts/make_test_model.py tiny --out models/tiny_random
+
+full-size-model: $(STAMP)
+	$(PY) scripts/make_test_model.py full --out models/full_size
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,357 @@
+"""Turn whatever audio a caller sends into the waveform the model consumes.
+
+Reverb wants 16 kHz mono samples. Callers send compressed files in any of the
+formats browsers and phones produce, so everything goes through PyAV, which
+bundles its own FFmpeg: the server needs no system ``ffmpeg`` binary and decodes
+straight from memory, never through a temporary file.
+
+This module is the first code that touches untrusted bytes, so it is strict
+about one thing: bad input ends as one of the typed errors in
+:mod:`serve_app.engine.errors` (a 4xx for the HTTP layer), never as a stray
+PyAV exception that would surface as a 500, and never as an unbounded decode.
+The duration limit is enforced while decoding, so a 10-hour file costs no more
+than decoding the first ``max_seconds`` of it.
+
+Decisions a caller can observe:
+
+* Empty input (``b""``) raises :class:`EmptyAudioError` (400), the same as a
+  valid file with no samples: the request is well formed but has nothing to
+  transcribe, so "unsupported format" (415) would mislead.
+* A truncated file is decoded as far as it goes, the way the ``ffmpeg`` CLI
+  does. An upload cut short (a recorder stopped mid-write, a dropped
+  connection the client did not notice) still holds speech worth
+  transcribing. If the cut leaves nothing decodable (no header, no stream, no
+  complete packet) the result is :class:`AudioDecodeError` or
+  :class:`EmptyAudioError` as for any other such file.
+* A decoder error in the middle of the stream is not skipped over: the file is
+  corrupt rather than short, and silently dropping audio would shift every
+  word time after the gap, so it raises :class:`AudioDecodeError`.
+* Channels are averaged with equal weight. FFmpeg's own mono downmix adds the
+  channels at 0.707 each, so loud stereo would exceed full scale and clip.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+
+import av
+import numpy as np
+
+from serve_app.engine.errors import (
+    AudioDecodeError,
+    AudioTooLongError,
+    EmptyAudioError,
+    InvalidRequestError,
+)
+
+TARGET_SAMPLE_RATE = 16000
+"""Sample rate Reverb's feature extraction was trained on; every waveform here uses it."""
+
+INT16_SCALE = 32768.0
+"""Factor between float samples in [-1, 1] and the int16 range Reverb's fbank expects."""
+
+_PARAM = "file"  # The OpenAI transcription API calls the audio upload ``file``.
+_SUPPORTED_FORMATS = "wav, flac, mp3, ogg/opus, webm/opus or m4a/aac"
+
+# A container's declared duration is an estimate (e.g. mp3 without a Xing header is
+# guessed from file size and bitrate), so the pre-check only rejects files that are
+# clearly too long; the sample count while decoding is the real limit.
+_PRECHECK_FACTOR = 1.1
+_PRECHECK_MARGIN_S = 1.0
+
+# Share of packets the decoder may reject before the file counts as corrupt rather
+# than merely cut off or glitched; see _decoded_frames.
+_MAX_BAD_PACKET_SHARE = 0.1
+
+# Sample rates outside this range come from corrupt headers, not recordings
+# (768 kHz is the highest rate audio interfaces offer); see _check_sample_rate.
+_MIN_SAMPLE_RATE = 1000
+_MAX_SAMPLE_RATE = 768_000
+
+# Float arrays louder than this are not [-1, 1] audio with some overshoot but
+# samples in int16 units; the model would see them 32768 times too loud.
+_MAX_ARRAY_PEAK = 2.0
+
+# Everything PyAV raises for bytes it cannot handle. FFmpegError covers the AVERROR
+# codes (InvalidDataError is also a ValueError); ValueError also covers PyAV's own
+# checks and UnicodeDecodeError from odd metadata; OSError/EOFError come from the
+# I/O layer; IndexError/KeyError from lookups on malformed stream parameters.
+_AV_FAILURES: tuple[type[Exception], ...] = (
+    av.error.FFmpegError,
+    ValueError,
+    OSError,
+    EOFError,
+    IndexError,
+    KeyError,
+)
+
+# PyAV < 19 decodes container metadata eagerly and strictly as UTF-8, so a
+# Latin-1 tag would make an otherwise valid file fail to open. PyAV 19 removed the
+# argument and always decodes with ``surrogateescape``.
+_OPEN_OPTIONS: dict[str, str] = (
+    {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
+)
+
+
+def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray:
+    """Decode an audio file held in memory to 16 kHz mono float32 samples in [-1, 1].
+
+    Args:
+        data: The complete file (any container/codec FFmpeg reads; the service
+            promises wav, flac, mp3, ogg/opus, webm/opus and m4a/aac).
+        max_seconds: Reject audio longer than this. Checked against the
+            container's declared duration before decoding and against the
+            decoded sample count while decoding, so a long file is never fully
+            decoded into memory.
+
+    Raises:
+        EmptyAudioError: ``data`` is empty or decodes to zero samples.
+        AudioDecodeError: ``data`` is not decodable audio (random bytes, cut
+            inside the header, no audio stream, corrupt packets).
+        AudioTooLongError: the audio is longer than ``max_seconds``.
+    """
+    limit = _limit_in_samples(max_seconds)
+    if len(data) == 0:
+        raise EmptyAudioError("The uploaded audio file is empty (0 bytes).", param=_PARAM)
+    try:
+        with av.open(io.BytesIO(data), mode="r", **_OPEN_OPTIONS) as container:
+            stream = _audio_stream(container)
+            if max_seconds is not None:
+                _precheck_duration(container, max_seconds)
+            chunks = _collect(_mono_chunks(container, stream), limit, max_seconds)
+    except _AV_FAILURES as exc:
+        raise AudioDecodeError(
+            f"The uploaded file could not be decoded as audio; send {_SUPPORTED_FORMATS}.",
+            param=_PARAM,
+        ) from exc
+    waveform = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    if waveform.size == 0:
+        raise EmptyAudioError("The uploaded audio contains no samples.", param=_PARAM)
+    # Float sources (f32 wav, decoded aac/opus) can overshoot full scale; int16
+    # audio, which the model was trained on, cannot.
+    np.clip(waveform, -1.0, 1.0, out=waveform)
+    return waveform
+
+
+def as_waveform(
+    audio: bytes | bytearray | memoryview | np.ndarray, *, max_seconds: float | None = None
+) -> np.ndarray:
+    """Return a private, writable 16 kHz mono float32 waveform for either input kind.
+
+    Bytes are an encoded file and go through :func:`decode_audio`. A numpy
+    array is taken to be 16 kHz mono float samples already (the Python API and
+    the Serve layer pass arrays); it is validated and copied, because arrays
+    that arrive through Ray's object store are read-only and later stages
+    normalise in place.
+
+    Raises:
+        InvalidRequestError: an array that is not 1-D, not float, not finite,
+            or clearly in int16 units rather than [-1, 1]; or an unsupported type.
+        EmptyAudioError, AudioDecodeError, AudioTooLongError: as for
+            :func:`decode_audio`; the first and last also for arrays.
+    """
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return decode_audio(bytes(audio), max_seconds=max_seconds)
+    if isinstance(audio, np.ndarray):
+        return _validated_array(audio, max_seconds)
+    raise InvalidRequestError(
+        f"Audio must be an encoded file (bytes) or a numpy array, not {type(audio).__name__}.",
+        param=_PARAM,
+    )
+
+
+def to_int16_scale(waveform: np.ndarray) -> np.ndarray:
+    """Scale [-1, 1] samples to int16 magnitudes (x 32768), kept as float32.
+
+    Reverb's feature extraction follows WeNet, which loads audio as int16 and
+    computes Kaldi fbank on the raw values (``waveform * (1 << 15)``); the
+    model was trained on features of that scale, so unit-scale samples would
+    shift every log-mel bin and hurt accuracy. Returns a new array.
+    """
+    return np.asarray(waveform, dtype=np.float32) * np.float32(INT16_SCALE)
+
+
+def duration_seconds(waveform: np.ndarray) -> float:
+    """Length of a 16 kHz waveform in seconds (what responses report as ``duration``)."""
+    return float(waveform.shape[0]) / TARGET_SAMPLE_RATE
+
+
+# --- decoding helpers -------------------------------------------------------
+
+
+def _limit_in_samples(max_seconds: float | None) -> int | None:
+    """Convert the duration limit to output samples, the unit decoding counts in."""
+    if max_seconds is None:
+        return None
+    if not math.isfinite(max_seconds) or max_seconds <= 0:
+        # A server configuration mistake, not the caller's: no typed 4xx.
+        raise ValueError(f"max_seconds must be a positive number, got {max_seconds!r}")
+    return round(max_seconds * TARGET_SAMPLE_RATE)
+
+
+def _too_long(max_seconds: float) -> AudioTooLongError:
+    return AudioTooLongError(f"Audio is longer than the {max_seconds:g} s limit.", param=_PARAM)
+
+
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    """Pick the stream to transcribe; files can also carry cover art or video."""
+    stream = container.streams.best("audio")
+    if stream is None:
+        raise AudioDecodeError("The uploaded file contains no audio stream.", param=_PARAM)
+    return stream
+
+
+def _declared_duration(container: av.container.InputContainer) -> float | None:
+    """Duration the container header claims, in seconds, or None if it states none."""
+    if container.duration is None or container.duration <= 0:
+        return None
+    return container.duration / av.time_base
+
+
+def _precheck_duration(container: av.container.InputContainer, max_seconds: float) -> None:
+    """Reject before decoding when the header already says the file is far too long."""
+    declared = _declared_duration(container)
+    if declared is not None and declared > max_seconds * _PRECHECK_FACTOR + _PRECHECK_MARGIN_S:
+        raise _too_long(max_seconds)
+
+
+def _decoded_frames(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> Iterator[av.AudioFrame]:
+    """Decode one stream lazily, frame by frame, so the duration limit can stop it early.
+
+    Packets the decoder rejects are skipped, as the ``ffmpeg`` CLI does: the usual
+    cause is a file cut off inside its last packet (FLAC always ends that way), and
+    losing one packet beats failing the whole upload. A file with more than a few
+    bad packets, or with nothing but bad packets, is corrupt and raises.
+    """
+    packets = bad = frames = 0
+    last_error: av.error.FFmpegError | None = None
+    for packet in container.demux(stream):
+        packets += 1
+        try:
+            decoded = stream.decode(packet)
+        except av.error.FFmpegError as exc:
+            bad += 1
+            last_error = exc
+            continue
+        frames += len(decoded)
+        yield from decoded
+    if bad and (frames == 0 or (bad > 1 and bad > packets * _MAX_BAD_PACKET_SHARE)):
+        raise AudioDecodeError(
+            f"The uploaded audio is corrupt: {bad} of {packets} packets could not be decoded.",
+            param=_PARAM,
+        ) from last_error
+
+
+def _mono_chunks(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> Iterator[np.ndarray]:
+    """Yield 16 kHz mono float32 chunks as frames come out of the decoder.
+
+    The resampler is rebuilt whenever the input format changes mid-stream
+    (chained Ogg, some mp3s switch rate or channel count): PyAV's resampler is
+    fixed to the first frame it sees and rejects any other.
+    """
+    resampler: av.AudioResampler | None = None
+    setup: tuple[str, str, int, int] | None = None
+    for frame in _decoded_frames(container, stream):
+        if frame.samples == 0:
+            continue
+        frame_setup = (
+            frame.format.name,
+            frame.layout.name,
+            len(frame.layout.channels),
+            frame.sample_rate,
+        )
+        if frame_setup != setup:
+            _check_sample_rate(frame.sample_rate)
+            if resampler is not None:
+                yield from _to_mono(resampler.resample(None))
+            # Keep the channels (layout left unset) and average them in numpy; see
+            # the module docstring for why not FFmpeg's downmix.
+            resampler = av.AudioResampler(format="fltp", rate=TARGET_SAMPLE_RATE)
+            setup = frame_setup
+        yield from _to_mono(resampler.resample(frame))
+    if resampler is not None:
+        # The resampler holds back a filter's worth of samples; flushing returns them.
+        yield from _to_mono(resampler.resample(None))
+
+
+def _check_sample_rate(rate: int) -> None:
+    """Refuse rates no real recording has; resampling from them costs unbounded time or memory.
+
+    A corrupt header can claim 700 MHz (FFmpeg then spends seconds building the
+    filter) or 1 Hz (one 4096-sample frame becomes 65 million output samples
+    before the duration limit can look at it).
+    """
+    if not _MIN_SAMPLE_RATE <= rate <= _MAX_SAMPLE_RATE:
+        raise AudioDecodeError(
+            f"The uploaded audio has an unsupported sample rate of {rate} Hz.", param=_PARAM
+        )
+
+
+def _to_mono(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+    """Average the planes of planar float frames into 1-D float32 chunks."""
+    for frame in frames:
+        planes = frame.to_ndarray()  # (channels, samples) because the format is planar
+        if not planes.shape[-1]:
+            continue
+        # Only float PCM can carry these; the model would turn them into NaN features.
+        if not np.isfinite(planes).all():
+            raise AudioDecodeError(
+                "The uploaded audio contains NaN or infinite samples.", param=_PARAM
+            )
+        yield planes.mean(axis=0, dtype=np.float32)
+
+
+def _collect(
+    chunks: Iterator[np.ndarray], limit: int | None, max_seconds: float | None
+) -> list[np.ndarray]:
+    """Gather chunks, raising as soon as the running total passes the limit."""
+    collected: list[np.ndarray] = []
+    total = 0
+    for chunk in chunks:
+        total += chunk.shape[0]
+        if limit is not None and total > limit:
+            assert max_seconds is not None
+            raise _too_long(max_seconds)
+        collected.append(chunk)
+    return collected
+
+
+# --- array input --------------------------------------------------------------
+
+
+def _validated_array(audio: np.ndarray, max_seconds: float | None) -> np.ndarray:
+    """Check an array is plausible 16 kHz mono float audio and return a writable copy."""
+    limit = _limit_in_samples(max_seconds)
+    if audio.ndim != 1:
+        raise InvalidRequestError(
+            f"Audio arrays must be 1-D mono samples; got shape {audio.shape}.", param=_PARAM
+        )
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise InvalidRequestError(
+            f"Audio arrays must hold float samples in [-1, 1], not {audio.dtype}.",
+            param=_PARAM,
+        )
+    if audio.size == 0:
+        raise EmptyAudioError("The audio array contains no samples.", param=_PARAM)
+    if limit is not None and audio.shape[0] > limit:
+        assert max_seconds is not None
+        raise _too_long(max_seconds)
+    waveform = np.array(audio, dtype=np.float32, copy=True, order="C")
+    if not np.isfinite(waveform).all():
+        raise InvalidRequestError(
+            "Audio arrays must not contain NaN or infinite samples.", param=_PARAM
+        )
+    peak = float(np.abs(waveform).max())
+    if peak > _MAX_ARRAY_PEAK:
+        raise InvalidRequestError(
+            f"Audio samples must lie in [-1, 1] but peak at {peak:g}; divide int16 audio by 32768.",
+            param=_PARAM,
+        )
+    np.clip(waveform, -1.0, 1.0, out=waveform)
+    return waveform

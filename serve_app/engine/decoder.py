@@ -1,0 +1,407 @@
+"""Decode chunk jobs from many independent requests in as few forwards as possible.
+
+A batch arrives with rows that differ in length, verbatimicity and decoding options.
+Rows are sorted by length and packed into sub-batches under a padded-frame budget;
+each sub-batch runs the encoder once with per-row ``cat_embs`` of shape (B, 2). The
+CTC posteriors are computed once per blank penalty, and each group of rows that
+shares search options runs its own search on just its rows. A failure is retried row
+by row so that one bad row fails only its own job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from serve_app.engine.alignment import aligned_words, force_align, rev_words, token_spans
+from serve_app.engine.model import ReverbModel
+from serve_app.engine.options import DecodeOptions
+from serve_app.engine.types import Word
+
+log = logging.getLogger(__name__)
+
+MIN_FEATURE_FRAMES = 7  # conv2d subsampling yields no output frame below this
+DEFAULT_MAX_PADDED_FRAMES = 2051 * 16
+
+
+@dataclass
+class ChunkJob:
+    """One chunk of one request: 16 kHz float samples in [-1, 1] and its options."""
+
+    samples: np.ndarray
+    offset_ms: int
+    options: DecodeOptions
+
+
+@dataclass
+class ChunkResult:
+    """Words (absolute times) and raw tokens for one chunk job."""
+
+    words: list[Word]
+    tokens: list[int]
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.word for w in self.words)
+
+
+@dataclass
+class SubBatch:
+    """What one encoder forward saw."""
+
+    rows: int
+    real_frames: int
+    padded_frames: int
+
+
+@dataclass
+class BatchReport:
+    """Per-batch accounting: rows, forwards and padding, for metrics and benchmarks."""
+
+    rows: int = 0
+    failed_rows: int = 0
+    sub_batches: list[SubBatch] = field(default_factory=list)
+
+    @property
+    def forwards(self) -> int:
+        return len(self.sub_batches)
+
+    @property
+    def real_frames(self) -> int:
+        return sum(s.real_frames for s in self.sub_batches)
+
+    @property
+    def padded_frames(self) -> int:
+        return sum(s.padded_frames for s in self.sub_batches)
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_frames / self.padded_frames if self.padded_frames else 1.0
+
+
+@dataclass
+class _Row:
+    index: int
+    job: ChunkJob
+    feats: torch.Tensor
+
+
+@dataclass
+class _Hyp:
+    tokens: list[int]
+    times: list[int] | None
+    confidences: list[float] | None
+
+
+Outcome = ChunkResult | Exception
+
+
+class BatchDecoder:
+    """Runs batches of chunk jobs through one loaded Reverb model."""
+
+    def __init__(
+        self, model: ReverbModel, *, max_padded_frames: int = DEFAULT_MAX_PADDED_FRAMES
+    ) -> None:
+        self.model = model
+        self.max_padded_frames = max_padded_frames
+
+    # -- public -----------------------------------------------------------------------
+
+    def decode(self, jobs: Sequence[ChunkJob]) -> tuple[list[Outcome], BatchReport]:
+        """Decode every job; outcomes are in the order of ``jobs``."""
+        report = BatchReport(rows=len(jobs))
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        rows: list[_Row] = []
+        for index, job in enumerate(jobs):
+            try:
+                feats = self.features(job.samples)
+            except Exception as exc:  # one bad row must not fail the batch
+                outcomes[index] = exc
+                continue
+            if feats.shape[0] < MIN_FEATURE_FRAMES:
+                outcomes[index] = ChunkResult(words=[], tokens=[])
+            else:
+                rows.append(_Row(index, job, feats))
+        for sub in self.pack(rows):
+            self._decode_sub_batch(sub, outcomes, report)
+        report.failed_rows = sum(isinstance(o, Exception) for o in outcomes)
+        return [o if o is not None else RuntimeError("row not decoded") for o in outcomes], report
+
+    def features(self, samples: np.ndarray) -> torch.Tensor:
+        """Kaldi fbank of int16-scale samples, exactly as Rev's ``compute_feats``."""
+        from torchaudio.compliance import kaldi
+
+        wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32) * 32768.0)
+        wave = wave.to(self.model.device).unsqueeze(0)
+        return kaldi.fbank(
+            wave,
+            num_mel_bins=self.model.num_mel_bins,
+            frame_length=self.model.frame_length_ms,
+            frame_shift=self.model.frame_shift_ms,
+            dither=0.0,
+            energy_floor=0.0,
+            sample_frequency=16000,
+        )
+
+    def pack(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Longest first, greedily filled while rows * longest <= the frame budget."""
+        ordered = sorted(rows, key=lambda r: r.feats.shape[0], reverse=True)
+        batches: list[list[_Row]] = []
+        for row in ordered:
+            if batches:
+                current = batches[-1]
+                longest = current[0].feats.shape[0]
+                if longest * (len(current) + 1) <= self.max_padded_frames:
+                    current.append(row)
+                    continue
+            batches.append([row])
+        return batches
+
+    # -- internals --------------------------------------------------------------------
+
+    def _decode_sub_batch(
+        self, rows: list[_Row], outcomes: list[Outcome | None], report: BatchReport
+    ) -> None:
+        try:
+            results = self._run(rows, report)
+        except Exception as exc:
+            if len(rows) == 1:
+                log.warning("chunk decode failed: %r", exc)
+                outcomes[rows[0].index] = exc
+                return
+            log.warning("sub-batch of %d failed (%r); retrying rows alone", len(rows), exc)
+            for row in rows:
+                self._decode_sub_batch([row], outcomes, report)
+            return
+        for row, result in zip(rows, results, strict=True):
+            outcomes[row.index] = result
+
+    @torch.inference_mode()
+    def _run(self, rows: list[_Row], report: BatchReport) -> list[Outcome]:
+        m = self.model
+        device = m.device
+        lengths = torch.tensor([r.feats.shape[0] for r in rows], dtype=torch.int32)
+        feats = pad_sequence([r.feats for r in rows], batch_first=True).to(device)
+        cat_embs = torch.tensor(
+            [[r.job.options.verbatimicity, 1.0 - r.job.options.verbatimicity] for r in rows],
+            dtype=torch.float32,
+            device=device,
+        )
+        encoder_out, encoder_mask = m.model._forward_encoder(
+            feats, lengths.to(device), -1, -1, False, cat_embs=cat_embs
+        )
+        report.sub_batches.append(
+            SubBatch(len(rows), int(lengths.sum()), int(lengths.max()) * len(rows))
+        )
+        encoder_lens = encoder_mask.squeeze(1).sum(1)
+        ctc_by_penalty: dict[float, torch.Tensor] = {}
+        for r in rows:
+            bp = r.job.options.blank_penalty
+            if bp not in ctc_by_penalty:
+                ctc_by_penalty[bp] = m.model.ctc_logprobs(encoder_out, bp, m.blank_id)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(rows):
+            groups[r.job.options.search_key()].append(i)
+        results: list[Outcome | None] = [None] * len(rows)
+        for idx in groups.values():
+            opts = rows[idx[0]].job.options
+            ctc_probs = ctc_by_penalty[opts.blank_penalty]
+            try:
+                hyps = self._search(
+                    opts, idx, encoder_out, encoder_mask, encoder_lens, ctc_probs, cat_embs
+                )
+            except Exception as exc:
+                if len(idx) == 1:
+                    results[idx[0]] = exc
+                    continue
+                hyps = []
+                for i in idx:
+                    try:
+                        hyps.extend(
+                            self._search(
+                                opts,
+                                [i],
+                                encoder_out,
+                                encoder_mask,
+                                encoder_lens,
+                                ctc_probs,
+                                cat_embs,
+                            )
+                        )
+                    except Exception as row_exc:
+                        hyps.append(row_exc)
+            for i, hyp in zip(idx, hyps, strict=True):
+                if isinstance(hyp, Exception):
+                    results[i] = hyp
+                    continue
+                try:
+                    results[i] = self._words(rows[i], hyp, ctc_probs[i, : encoder_lens[i]])
+                except Exception as exc:
+                    results[i] = exc
+        return results  # type: ignore[return-value]
+
+    def _search(
+        self,
+        opts: DecodeOptions,
+        idx: list[int],
+        encoder_out: torch.Tensor,
+        encoder_mask: torch.Tensor,
+        encoder_lens: torch.Tensor,
+        ctc_probs: torch.Tensor,
+        cat_embs: torch.Tensor,
+    ) -> list[_Hyp]:
+        from wenet.transformer import search
+
+        m = self.model
+        sel = torch.tensor(idx, device=encoder_out.device)
+        probs, lens = ctc_probs[sel], encoder_lens[sel]
+        mode = opts.decoding_mode
+        if mode == "ctc_greedy_search":
+            return [_greedy(probs[k, : lens[k]], m.blank_id) for k in range(len(idx))]
+        if mode == "ctc_prefix_beam_search":
+            res = search.ctc_prefix_beam_search(probs, lens, opts.beam_size, None, m.blank_id)
+            return [_Hyp(list(r.tokens), list(r.times), None) for r in res]
+        if mode == "attention_rescoring":
+            prefix = search.ctc_prefix_beam_search(probs, lens, opts.beam_size, None, m.blank_id)
+            out = []
+            for k, i in enumerate(idx):
+                # The decoder's batch is the n-best list: expand this row's cat_emb per beam.
+                beams = cat_embs[i : i + 1].expand(len(prefix[k].nbest), -1)
+                r = search.attention_rescoring(
+                    m.model,
+                    [prefix[k]],
+                    encoder_out[i : i + 1],
+                    encoder_lens[i : i + 1],
+                    opts.ctc_weight,
+                    opts.reverse_weight,
+                    {"tasks": ["transcribe"], "langs": ["en"]},
+                    cat_embs=beams,
+                )[0]
+                out.append(_Hyp(list(r.tokens), list(r.times), list(r.tokens_confidence)))
+            return out
+        if mode == "attention":
+            # Beams are laid out row-major (B*N): repeat each row's cat_emb N times.
+            res = search.attention_beam_search(
+                m.model,
+                encoder_out[sel],
+                encoder_mask[sel],
+                opts.beam_size,
+                opts.length_penalty,
+                {"tasks": ["transcribe"] * len(idx), "langs": ["en"] * len(idx)},
+                cat_embs=cat_embs[sel].repeat_interleave(opts.beam_size, dim=0),
+            )
+            return [_Hyp(list(r.tokens), None, None) for r in res]
+        if mode == "joint_decoding":
+            return [
+                self._joint(opts, i, encoder_out, encoder_lens, ctc_probs, cat_embs) for i in idx
+            ]
+        raise ValueError(f"unknown decoding mode {mode!r}")
+
+    def _joint(self, opts, i, encoder_out, encoder_lens, ctc_probs, cat_embs) -> _Hyp:
+        """Rev's time-synchronous joint CTC/attention search, with the model's real sos.
+
+        Rev's ``joint_decoding`` hardcodes ``sos=10000`` and hands the search a 2-D
+        encoder output; we build the same ``BeamSearchTimeSync`` correctly.
+        """
+        from wenet.espnet.beam_search_timesync import BeamSearchTimeSync
+
+        m = self.model
+        decoder = getattr(m.model.decoder, "left_decoder", m.model.decoder)
+        n = int(encoder_lens[i])
+        beam = BeamSearchTimeSync(
+            sos=m.sos,
+            beam_size=opts.beam_size,
+            ctc_probs=ctc_probs[i, :n],
+            decoder=decoder,
+            weights={
+                "decoder": 1.0 - opts.ctc_weight,
+                "ctc": opts.ctc_weight,
+                "length_bonus": opts.length_penalty,
+            },
+            pre_beam_ratio=1.5,
+        )
+        hyps, _scores, starts, _ends, confs = beam(
+            x=encoder_out[i : i + 1, :n], cat_embs=cat_embs[i]
+        )
+        tokens = [int(t) for t in hyps[0][1:]]
+        times = [int(t) for t in starts[0][0, 1:]]
+        conf = [math.exp(float(c)) for c in confs[0][1:]]
+        return _Hyp(tokens, times, conf)
+
+    def _words(self, row: _Row, hyp: _Hyp, log_probs: torch.Tensor) -> ChunkResult:
+        m = self.model
+        opts = row.job.options
+        adjustment = (
+            opts.timings_adjustment_ms
+            if opts.timings_adjustment_ms is not None
+            else m.timings_adjustment_ms
+        )
+        tokens = [t for t in hyp.tokens if t not in (m.sos, m.eos, m.blank_id)]
+        lp = log_probs.float().cpu().numpy()
+        if opts.word_timestamps == "rev":
+            times = hyp.times
+            if times is None or len(times) != len(tokens):
+                times = _first_frames(lp, tokens, m.blank_id)
+            words = rev_words(
+                tokens,
+                times,
+                hyp.confidences,
+                m.tokenizer,
+                output_frame_ms=m.output_frame_ms,
+                offset_ms=row.job.offset_ms,
+                adjustment_ms=adjustment,
+            )
+        else:
+            words = aligned_words(
+                tokens,
+                lp,
+                _frame_energy(row.feats, lp.shape[0]),
+                m.tokenizer,
+                blank_id=m.blank_id,
+                output_frame_ms=m.output_frame_ms,
+                offset_ms=row.job.offset_ms,
+                adjustment_ms=adjustment,
+            )
+        return ChunkResult(words=words, tokens=tokens)
+
+
+def _greedy(log_probs: torch.Tensor, blank_id: int) -> _Hyp:
+    """Best path; each token's time is the frame where its run peaks."""
+    best = log_probs.argmax(-1).tolist()
+    scores = log_probs.max(-1).values.tolist()
+    tokens: list[int] = []
+    times: list[int] = []
+    prev = blank_id
+    for t, tok in enumerate(best):
+        if tok != blank_id and tok != prev:
+            tokens.append(tok)
+            times.append(t)
+        elif tok != blank_id and tok == prev and scores[t] > scores[times[-1]]:
+            times[-1] = t
+        prev = tok
+    return _Hyp(tokens, times, None)
+
+
+def _first_frames(log_probs: np.ndarray, tokens: list[int], blank_id: int) -> list[int]:
+    """Frame of each token from a forced alignment (for modes that give no times)."""
+    if not tokens:
+        return []
+    spans = token_spans(force_align(log_probs, tokens, blank_id), len(tokens))
+    return [max(first, 0) for first, _ in spans]
+
+
+def _frame_energy(feats: torch.Tensor, num_out: int) -> np.ndarray:
+    """Mean log-mel energy per encoder frame (4 input frames each)."""
+    energy = feats.float().mean(dim=1).cpu().numpy()
+    out = np.empty(num_out, dtype=np.float32)
+    for k in range(num_out):
+        window = energy[4 * k : 4 * k + 7]
+        out[k] = window.mean() if window.size else energy[-1]
+    return out
