@@ -63,8 +63,10 @@ def force_align(log_probs: np.ndarray, tokens: Sequence[int], blank_id: int) -> 
     labels = np.full(2 * len(tokens) + 1, blank_id, dtype=np.int64)
     labels[1::2] = tokens
     num_states = labels.size
-    if num_frames < len(tokens):
-        raise ValueError("more tokens than frames")
+    repeats = int(np.sum(labels[3::2] == labels[1:-2:2]))
+    if num_frames < len(tokens) + repeats:
+        # An attention hypothesis can be longer than CTC can align: spread it evenly.
+        return np.floor(np.arange(num_frames) * len(tokens) / num_frames).astype(np.int64)
     emit = log_probs[:, labels]  # (T, S)
     skip_ok = np.zeros(num_states, dtype=bool)
     skip_ok[3::2] = labels[3::2] != labels[1:-2:2]
@@ -84,7 +86,7 @@ def force_align(log_probs: np.ndarray, tokens: Sequence[int], blank_id: int) -> 
     path = np.empty(num_frames, dtype=np.int64)
     for t in range(num_frames - 1, -1, -1):
         path[t] = state
-        state -= back[t, state]
+        state -= int(back[t, state])
     return np.where(path % 2 == 1, path // 2, -1)
 
 

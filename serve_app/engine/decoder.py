@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MIN_FEATURE_FRAMES = 7  # conv2d subsampling yields no output frame below this
 DEFAULT_MAX_PADDED_FRAMES = 2051 * 16
+DEFAULT_FORWARD_COST_FRAMES = 1000  # fixed cost of one forward, in padded-frame units
 
 
 @dataclass
@@ -107,10 +108,15 @@ class BatchDecoder:
     """Runs batches of chunk jobs through one loaded Reverb model."""
 
     def __init__(
-        self, model: ReverbModel, *, max_padded_frames: int = DEFAULT_MAX_PADDED_FRAMES
+        self,
+        model: ReverbModel,
+        *,
+        max_padded_frames: int = DEFAULT_MAX_PADDED_FRAMES,
+        forward_cost_frames: int = DEFAULT_FORWARD_COST_FRAMES,
     ) -> None:
         self.model = model
         self.max_padded_frames = max_padded_frames
+        self.forward_cost_frames = forward_cost_frames
 
     # -- public -----------------------------------------------------------------------
 
@@ -151,18 +157,32 @@ class BatchDecoder:
         )
 
     def pack(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Longest first, greedily filled while rows * longest <= the frame budget."""
+        """Split length-sorted rows into sub-batches minimising padded frames + forwards.
+
+        Rows are sorted longest first; a dynamic programme picks the cut points that
+        minimise ``sum(rows * longest) + forwards * forward_cost_frames`` subject to
+        ``rows * longest <= max_padded_frames``. One 20 s chunk therefore does not
+        make fifteen 2 s clips pad to 20 s, and short rows still share one forward.
+        """
         ordered = sorted(rows, key=lambda r: r.feats.shape[0], reverse=True)
+        lengths = [r.feats.shape[0] for r in ordered]
+        n = len(lengths)
+        best = [0.0] + [math.inf] * n
+        cut = [0] * (n + 1)
+        for end in range(1, n + 1):
+            for start in range(end - 1, -1, -1):
+                padded = lengths[start] * (end - start)
+                if padded > self.max_padded_frames and end - start > 1:
+                    break
+                cost = best[start] + padded + self.forward_cost_frames
+                if cost < best[end]:
+                    best[end], cut[end] = cost, start
         batches: list[list[_Row]] = []
-        for row in ordered:
-            if batches:
-                current = batches[-1]
-                longest = current[0].feats.shape[0]
-                if longest * (len(current) + 1) <= self.max_padded_frames:
-                    current.append(row)
-                    continue
-            batches.append([row])
-        return batches
+        end = n
+        while end > 0:
+            batches.append(ordered[cut[end] : end])
+            end = cut[end]
+        return batches[::-1]
 
     # -- internals --------------------------------------------------------------------
 

@@ -49,16 +49,22 @@ def merge_chunks(results: Sequence[ChunkResult]) -> list[Word]:
 class Transcriber:
     """Transcribe whole requests, batching all their chunks together."""
 
-    def __init__(self, model: ReverbModel, *, max_padded_frames: int | None = None,
-                 max_audio_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        model: ReverbModel,
+        *,
+        max_padded_frames: int | None = None,
+        max_audio_seconds: float | None = None,
+    ) -> None:
         self.model = model
         kwargs = {} if max_padded_frames is None else {"max_padded_frames": max_padded_frames}
         self.decoder = BatchDecoder(model, **kwargs)
         self.max_audio_seconds = max_audio_seconds
         self.last_reports: list[BatchReport] = []
 
-    def transcribe(self, audio: bytes | np.ndarray, options: DecodeOptions | None = None
-                   ) -> Transcript:
+    def transcribe(
+        self, audio: bytes | np.ndarray, options: DecodeOptions | None = None
+    ) -> Transcript:
         """One request; raises the request's error if it fails."""
         result = self.transcribe_many([Request(audio, options or DecodeOptions())])[0]
         if isinstance(result, Exception):
