@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_QUIET ?= -q
+# Lint only the source folders that exist (bench/ and examples/ arrive with later issues).
+LINT_PATHS := $(wildcard serve_app tests scripts bench examples)
 
 .PHONY: run test lint format lock tiny-model full-size-model clean-venv
 
@@ -21,17 +23,17 @@ run: $(STAMP)
 	$(PY) -m serve_app.cli run $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m ruff check serve_app tests scripts bench
-	$(PY) -m ruff format --check serve_app tests scripts bench
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check serve_app tests scripts bench
-	$(PY) -m ruff format --check serve_app tests scripts bench
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 
 format: $(STAMP)
-	$(PY) -m ruff check --fix serve_app tests scripts bench
-	$(PY) -m ruff format serve_app tests scripts bench
+	$(PY) -m ruff check --fix $(LINT_PATHS)
+	$(PY) -m ruff format $(LINT_PATHS)
 
 # Re-resolve requirements/direct.txt into the pinned lock file (needs the registries).
 lock:
