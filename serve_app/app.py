@@ -1,0 +1,34 @@
+"""The Serve application: ``serve run configs/local.yaml`` imports ``build_app`` from here.
+
+``build_app(args)`` validates the config file's ``args`` with :class:`AppConfig` and
+wires two deployments: a CPU ``Ingress`` (HTTP + Python handle) and a ``Transcriber``
+(the model, on a GPU in production) that the Ingress calls once per audio chunk.
+Resource and sizing defaults are set here from the config; a Serve config file's
+``deployments:`` section can still override any of them (``ray_actor_options``,
+``user_config`` and ``autoscaling_config`` are replaced wholesale, not merged).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve_app.serve.config import AppConfig
+from serve_app.serve.ingress import INGRESS_MAX_ONGOING_HEADROOM, Ingress
+from serve_app.serve.transcriber_deployment import Transcriber
+
+INGRESS_NAME = "Ingress"
+TRANSCRIBER_NAME = "Transcriber"
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate ``args`` and bind the Ingress to the Transcriber."""
+    config = AppConfig.model_validate(args or {}).with_absolute_model_path()
+    transcriber = Transcriber.options(
+        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.transcriber_num_gpus},
+    ).bind(config)
+    ingress = Ingress.options(
+        max_ongoing_requests=config.max_concurrent_requests + INGRESS_MAX_ONGOING_HEADROOM,
+    )
+    return ingress.bind(transcriber, config)

@@ -1,0 +1,162 @@
+"""Validated settings for the Serve application and the Transcriber's batching.
+
+``AppConfig`` is what ``serve_app.app:build_app`` receives as ``args`` (from a Serve
+config file or from Python). It is validated once in the builder, so a typo in a
+YAML key or an impossible limit fails ``serve run`` instead of a replica at 3 a.m.
+``BatchingConfig`` is the Transcriber's ``user_config``: it is kept apart because
+Serve applies it to live replicas through ``reconfigure`` without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class AppConfig(BaseModel):
+    """Builder ``args``: which model to serve, how to reach it and what to refuse."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    # -- model ---------------------------------------------------------------------
+    model: str = Field(
+        "reverb_asr_v1",
+        min_length=1,
+        description="A Reverb model folder, or a hub model name such as reverb_asr_v1.",
+    )
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="The id served at /v1/models; defaults to the folder name or model name.",
+    )
+    model_aliases: list[str] = Field(
+        default_factory=lambda: ["whisper-1"],
+        description="Other model ids accepted for this model, so OpenAI SDK code that "
+        "passes model='whisper-1' works unchanged.",
+    )
+    checkpoint_name: str | None = None
+    cache_dir: str | None = Field(None, description="Where hub snapshots are cached.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per Transcriber replica; default 1 for a cuda device, else 0. "
+        "A Serve config's ray_actor_options replaces this wholesale.",
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per Transcriber replica.")
+    max_padded_frames: int | None = Field(
+        None, ge=2051, description="Padded fbank frames per forward; the engine's default if unset."
+    )
+
+    # -- limits --------------------------------------------------------------------
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    max_audio_seconds: float = Field(7200.0, gt=0)
+    max_concurrent_requests: int = Field(
+        32, ge=1, description="Transcriptions in flight per Ingress replica before 503."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with every 503.")
+
+    # -- HTTP ----------------------------------------------------------------------
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key every /v1 route requires; off when unset."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Name of an environment variable holding the key, so that config "
+        "files need not contain secrets. Read on each Ingress replica.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _clean_aliases(cls, value: list[str]) -> list[str]:
+        if any(not alias.strip() for alias in value):
+            raise ValueError("model aliases must be non-empty strings")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AppConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            raise ValueError("api_key must not be empty; omit it to turn auth off")
+        return self
+
+    # -- derived -------------------------------------------------------------------
+
+    @property
+    def served_model_name(self) -> str:
+        """The id clients see: explicit name, else a folder's base name, else the ref."""
+        if self.model_name:
+            return self.model_name
+        if "/" in self.model or os.sep in self.model or Path(self.model).expanduser().exists():
+            return Path(self.model).expanduser().name or self.model
+        return self.model
+
+    @property
+    def accepted_model_ids(self) -> list[str]:
+        """The served id first, then its aliases (what /v1/models lists)."""
+        return list(dict.fromkeys([self.served_model_name, *self.model_aliases]))
+
+    @property
+    def transcriber_num_gpus(self) -> float:
+        """GPUs to reserve: without a reservation Ray hides every GPU from the replica."""
+        if self.num_gpus is not None:
+            return self.num_gpus
+        return 1.0 if self.device.startswith("cuda") else 0.0
+
+    def resolve_api_key(self) -> str | None:
+        """The key to enforce, read now (in the replica) so env-var keys never travel."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise RuntimeError(
+                f"api_key_env names {self.api_key_env!r} but that variable is empty or unset "
+                "in the Ingress replica; set it (e.g. runtime_env.env_vars) or drop api_key_env."
+            )
+        return key
+
+    def with_absolute_model_path(self, base: Path | None = None) -> AppConfig:
+        """Pin a relative model folder to an absolute path while the caller's cwd is known.
+
+        Replicas run in other working directories, so ``models/tiny_random`` must be
+        resolved in the process that builds the app.
+        """
+        path = Path(self.model).expanduser()
+        if path.is_absolute():
+            return self
+        candidate = (base or Path.cwd()) / path
+        if not candidate.is_dir():
+            return self
+        update: dict[str, object] = {"model": str(candidate.resolve())}
+        if self.model_name is None:
+            update["model_name"] = self.served_model_name
+        return self.model_copy(update=update)
+
+
+class BatchingConfig(BaseModel):
+    """The Transcriber's ``user_config``; changes apply live through ``reconfigure``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Chunks per batch at most.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, le=10, description="How long a partial batch waits for more chunks."
+    )

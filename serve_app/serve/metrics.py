@@ -1,0 +1,128 @@
+"""Counters that show whether batching works, as a handle method and as Prometheus.
+
+``BatchStats`` is plain Python kept by each Transcriber replica and returned by its
+``stats()`` handle method, so tests and benchmarks can read exact numbers. The same
+events feed Ray's Prometheus metrics (``ray.serve.metrics``), which Ray exports from
+every replica with the deployment and replica as tags; those are created lazily
+because they only work inside a Ray worker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the engine's decoder imports torch; keep this module light
+    from serve_app.engine.decoder import BatchReport
+
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+
+@dataclass
+class BatchStats:
+    """Running totals for one Transcriber replica since it started."""
+
+    batches: int = 0
+    rows: int = 0
+    failed_rows: int = 0
+    forwards: int = 0
+    real_frames: int = 0
+    padded_frames: int = 0
+    max_rows_in_batch: int = 0
+    decode_seconds: float = 0.0
+    rows_per_batch: dict[int, int] = field(default_factory=dict)
+    """How many batches had each row count, so a caller can diff two snapshots."""
+    last_success_at: float = field(default_factory=time.monotonic)
+
+    def record(self, report: BatchReport, seconds: float) -> None:
+        self.batches += 1
+        self.rows += report.rows
+        self.failed_rows += report.failed_rows
+        self.forwards += report.forwards
+        self.real_frames += report.real_frames
+        self.padded_frames += report.padded_frames
+        self.max_rows_in_batch = max(self.max_rows_in_batch, report.rows)
+        self.rows_per_batch[report.rows] = self.rows_per_batch.get(report.rows, 0) + 1
+        self.decode_seconds += seconds
+        if report.failed_rows < report.rows:
+            self.last_success_at = time.monotonic()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["last_success_at"]
+        data["mean_rows_per_batch"] = self.rows / self.batches if self.batches else 0.0
+        data["padding_efficiency"] = (
+            self.real_frames / self.padded_frames if self.padded_frames else 1.0
+        )
+        return data
+
+
+class TranscriberMetrics:
+    """Prometheus view of the same events ``BatchStats`` counts."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        def counter(name: str, description: str) -> Counter:
+            return Counter(f"reverb_transcriber_{name}", description=description)
+
+        self.batches = counter("batches_total", "Batches decoded.")
+        self.rows = counter("rows_total", "Chunks decoded (rows over all batches).")
+        self.failed_rows = counter("failed_rows_total", "Chunks whose decode failed.")
+        self.forwards = counter("forwards_total", "Encoder forwards (sub-batches).")
+        self.real_frames = counter("real_frames_total", "Feature frames holding audio.")
+        self.padded_frames = counter("padded_frames_total", "Feature frames incl. padding.")
+        self.batch_size = Histogram(
+            "reverb_transcriber_batch_rows",
+            description="Chunks per batch.",
+            boundaries=BATCH_SIZE_BUCKETS,
+        )
+        self.batch_seconds = Histogram(
+            "reverb_transcriber_batch_seconds",
+            description="Wall time of one batch decode.",
+            boundaries=SECONDS_BUCKETS,
+        )
+
+    def record(self, report: BatchReport, seconds: float) -> None:
+        self.batches.inc()
+        if report.rows:
+            self.rows.inc(report.rows)
+        if report.failed_rows:
+            self.failed_rows.inc(report.failed_rows)
+        if report.forwards:
+            self.forwards.inc(report.forwards)
+            self.real_frames.inc(report.real_frames)
+            self.padded_frames.inc(report.padded_frames)
+        self.batch_size.observe(report.rows)
+        self.batch_seconds.observe(seconds)
+
+
+class IngressMetrics:
+    """Requests by route and status, and how much audio was transcribed."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.requests = Counter(
+            "reverb_requests_total",
+            description="HTTP requests answered, by route and status code.",
+            tag_keys=("route", "status"),
+        )
+        self.latency = Histogram(
+            "reverb_request_seconds",
+            description="Time to answer a transcription request.",
+            boundaries=SECONDS_BUCKETS,
+            tag_keys=("route",),
+        )
+        self.audio_seconds = Counter(
+            "reverb_audio_seconds_total", description="Seconds of audio transcribed."
+        )
+
+    def record_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.inc(tags={"route": route, "status": str(status)})
+        self.latency.observe(seconds, tags={"route": route})
+
+    def record_audio(self, seconds: float) -> None:
+        self.audio_seconds.inc(seconds)

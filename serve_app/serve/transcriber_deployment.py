@@ -1,0 +1,226 @@
+"""The model replica: batches chunk calls from every caller into shared forwards.
+
+Each ``decode(job)`` call is one chunk of one request. ``@serve.batch`` collects the
+calls waiting on this replica into one list, and the engine's ``BatchDecoder`` turns
+that list into as few encoder forwards as padding allows. The decode runs on a
+single worker thread so the event loop keeps accepting the next batch's calls while
+the current one computes, and so at most one batch uses the device at a time.
+
+Serve fails every call in a batch when the batched method raises, so the batched
+method never raises: each row's exception is returned as that row's value, and the
+Ingress re-raises it for that request only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from serve_app.engine.decoder import BatchDecoder, BatchReport, ChunkJob, ChunkResult
+from serve_app.engine.errors import ReverbServeError
+from serve_app.engine.model import load_model
+from serve_app.engine.options import DecodeOptions
+from serve_app.serve.config import AppConfig, BatchingConfig
+from serve_app.serve.errors import ChunkDecodeError
+from serve_app.serve.metrics import BatchStats, TranscriberMetrics
+
+log = logging.getLogger("ray.serve")
+
+DEFAULT_BATCHING = BatchingConfig()
+TRANSCRIBER_MAX_ONGOING_REQUESTS = 64
+"""A batch never holds more calls than the replica admits; leave room for a full batch
+waiting while another computes (2 x the default max_batch_size, with headroom)."""
+
+PROBE_AFTER_IDLE_S = 60.0
+"""Health checks run a tiny forward when the replica has not decoded for this long."""
+FAILED_BATCHES_UNHEALTHY = 3
+"""This many batches in a row with every row failed marks the replica unhealthy."""
+_FATAL_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "CUDNN_STATUS")
+
+ChunkOutcome = ChunkResult | ReverbServeError
+
+
+def _portable(outcome: ChunkResult | Exception) -> ChunkOutcome:
+    """Make a row's outcome safe to send back: our typed errors as they are, anything
+    else (a torch error may not even unpickle) as a ``ChunkDecodeError`` 500."""
+    if isinstance(outcome, (ChunkResult, ReverbServeError)):
+        return outcome
+    return ChunkDecodeError(
+        f"The model failed on this audio ({type(outcome).__name__}: {outcome})."
+    )
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors after which the device context is unusable until the process restarts."""
+    text = str(exc)
+    return any(marker in text for marker in _FATAL_MARKERS)
+
+
+@serve.deployment(
+    name="Transcriber",
+    max_ongoing_requests=TRANSCRIBER_MAX_ONGOING_REQUESTS,
+    user_config=DEFAULT_BATCHING.model_dump(),
+    health_check_period_s=10,
+    health_check_timeout_s=60,
+)
+class Transcriber:
+    """Loads the model once per replica and decodes batches of chunks."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self._config = config
+        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
+        self._model = load_model(
+            config.model,
+            device=config.device,
+            cache_dir=cache_dir,
+            checkpoint_name=config.checkpoint_name,
+            name=config.served_model_name,
+        )
+        kwargs = {}
+        if config.max_padded_frames is not None:
+            kwargs["max_padded_frames"] = config.max_padded_frames
+        self._decoder = BatchDecoder(self._model, **kwargs)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-decode")
+        self._batching = DEFAULT_BATCHING
+        self._reconfigures = 0
+        self._stats = BatchStats()
+        self._metrics = TranscriberMetrics()
+        self._busy = False
+        self._failed_batches_in_a_row = 0
+        self._fatal: str | None = None
+        log.info(
+            "Transcriber loaded %s on %s (%d parameters)",
+            self._model.name,
+            self._model.device,
+            self._model.num_parameters(),
+        )
+
+    # -- configuration ------------------------------------------------------------
+
+    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Apply new batching settings to the live batch queue; no restart, no reload."""
+        batching = BatchingConfig.model_validate(user_config or {})
+        self._decode_batch.set_max_batch_size(batching.max_batch_size)
+        self._decode_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._batching = batching
+        self._reconfigures += 1
+        admitted = self._max_ongoing_requests()
+        if admitted is not None and admitted < batching.max_batch_size:
+            log.warning(
+                "max_batch_size %d exceeds this replica's max_ongoing_requests %d, so "
+                "batches stop at %d; raise max_ongoing_requests in the deployment config.",
+                batching.max_batch_size,
+                admitted,
+                admitted,
+            )
+
+    @staticmethod
+    def _max_ongoing_requests() -> int | None:
+        try:
+            return serve.get_replica_context()._deployment_config.max_ongoing_requests
+        except Exception:  # private attribute; only used for a warning
+            return None
+
+    # -- the batched path ---------------------------------------------------------
+
+    async def decode(self, job: ChunkJob) -> ChunkOutcome:
+        """Decode one chunk. Returns its result, or its error as a value (never raises
+        for a bad row, so one bad row cannot fail the batch it shares)."""
+        return await self._decode_batch(job)
+
+    @serve.batch(
+        max_batch_size=DEFAULT_BATCHING.max_batch_size,
+        batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s,
+    )
+    async def _decode_batch(self, jobs: list[ChunkJob]) -> list[ChunkOutcome]:
+        started = time.perf_counter()
+        self._busy = True
+        try:
+            loop = asyncio.get_running_loop()
+            outcomes, report = await loop.run_in_executor(
+                self._executor, self._decoder.decode, jobs
+            )
+        except Exception as exc:  # decode() isolates rows; this is a last resort
+            log.exception("batch of %d failed outside the decoder", len(jobs))
+            outcomes = [exc] * len(jobs)
+            report = BatchReport(rows=len(jobs), failed_rows=len(jobs))
+        finally:
+            self._busy = False
+        seconds = time.perf_counter() - started
+        self._stats.record(report, seconds)
+        self._metrics.record(report, seconds)
+        self._track_failures(outcomes, report)
+        return [_portable(o) for o in outcomes]
+
+    def _track_failures(self, outcomes: list[ChunkResult | Exception], report: BatchReport) -> None:
+        if report.rows and report.failed_rows == report.rows:
+            self._failed_batches_in_a_row += 1
+        elif report.rows:
+            self._failed_batches_in_a_row = 0
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and _is_fatal(outcome):
+                self._fatal = f"{type(outcome).__name__}: {outcome}"
+
+    # -- health and introspection -------------------------------------------------
+
+    async def check_health(self) -> None:
+        """Raise when the model is broken, so Serve replaces this replica.
+
+        Cheap by design: flags set by real traffic, plus a tiny forward only when the
+        replica has been idle, so a health check never queues behind a busy device.
+        """
+        if self._fatal is not None:
+            raise RuntimeError(f"device error, model unusable: {self._fatal}")
+        if self._failed_batches_in_a_row >= FAILED_BATCHES_UNHEALTHY:
+            raise RuntimeError(
+                f"the last {self._failed_batches_in_a_row} batches failed on every chunk"
+            )
+        idle_for = time.monotonic() - self._stats.last_success_at
+        if not self._busy and idle_for > PROBE_AFTER_IDLE_S:
+            await self._probe()
+
+    async def _probe(self) -> None:
+        rng = np.random.default_rng(0)
+        samples = (rng.standard_normal(16000) * 0.01).astype(np.float32)
+        job = ChunkJob(samples, 0, DecodeOptions(decoding_mode="ctc_greedy_search"))
+        loop = asyncio.get_running_loop()
+        outcomes, _ = await loop.run_in_executor(self._executor, self._decoder.decode, [job])
+        if isinstance(outcomes[0], Exception):
+            if _is_fatal(outcomes[0]):
+                self._fatal = str(outcomes[0])
+            raise RuntimeError(f"health probe forward failed: {outcomes[0]!r}")
+        self._stats.last_success_at = time.monotonic()
+
+    async def ready(self) -> dict[str, Any]:
+        """What /readyz reports; raises if the model is unusable."""
+        await self.check_health()
+        return {
+            "model": self._model.name,
+            "device": str(self._model.device),
+            "parameters": self._model.num_parameters(),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Batching counters for this replica, plus who it is (to spot restarts)."""
+        import ray
+
+        context = serve.get_replica_context()
+        return {
+            **self._stats.as_dict(),
+            "max_batch_size": self._decode_batch._get_max_batch_size(),
+            "batch_wait_timeout_s": self._decode_batch._get_batch_wait_timeout_s(),
+            "reconfigures": self._reconfigures,
+            "replica_id": context.replica_id.unique_id,
+            "actor_id": ray.get_runtime_context().get_actor_id(),
+            "pid": os.getpid(),
+            "model": self._model.name,
+            "device": str(self._model.device),
+        }
