@@ -19,6 +19,7 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	$(PY) -m pip install $(PIP_QUIET) --no-deps -e .
 	touch $(STAMP)
 
+# Serves configs/local.yaml (bundled model, CPU) in the foreground on port 8765.
 run: $(STAMP)
 	$(PY) -m serve_app.cli run $(ARGS)
 

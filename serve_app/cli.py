@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
 TINY_MODEL_DIR = ROOT / "models" / "tiny_random"
+SAMPLE_WAV = ROOT / "models" / "sample.wav"
 PORT = 8765
 
 
@@ -35,40 +36,52 @@ def ensure_tiny_model(path: Path = TINY_MODEL_DIR) -> Path:
     return path
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    ensure_tiny_model()
-    config = Path(args.config)
-    if not config.is_file():
-        # Until the Serve app lands, show the engine end to end on a bundled clip.
-        print(f"{config} not found: transcribing a synthetic sample with the engine instead")
-        return _transcribe_sample()
-    url = f"http://127.0.0.1:{PORT}"
-    print(f"reverb-serve starting with {config} on {url}")
-    print("when it says 'Deployed app', try:")
-    print(
-        f"  curl -s {url}/v1/audio/transcriptions -F file=@tests/data/sample.wav "
-        "-F response_format=verbose_json -F 'timestamp_granularities[]=word'"
-    )
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    os.chdir(ROOT)
-    return subprocess.call(["serve", "run", str(config)], env=env)
+def ensure_sample(path: Path = SAMPLE_WAV) -> Path:
+    """A short speech-like clip for the printed curl (the demo model will bring real speech)."""
+    if not path.is_file():
+        import io
+        import wave
+
+        import numpy as np
+
+        audio = _script_module().speechlike_audio(8.0, seed=1)
+        pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(pcm.tobytes())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.getvalue())
+    return path
 
 
-def _transcribe_sample() -> int:
+def _script_module():
     import importlib.util
-
-    from serve_app.engine.formats import render
-    from serve_app.engine.model import load_model
-    from serve_app.engine.transcriber import Transcriber
 
     spec = importlib.util.spec_from_file_location("mtm", ROOT / "scripts" / "make_test_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    transcriber = Transcriber(load_model(str(TINY_MODEL_DIR), device="cpu"))
-    transcript = transcriber.transcribe(module.speechlike_audio(8.0, seed=1))
-    body, _ = render(transcript, "srt")
-    print(body)
-    return 0
+    return module
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve the config in the foreground; Ctrl-C stops Serve and the local Ray it started."""
+    ensure_tiny_model()
+    sample = ensure_sample().relative_to(ROOT)
+    config = Path(args.config)
+    url = f"http://127.0.0.1:{PORT}"
+    print(f"reverb-serve: serving {config} on {url} (OpenAI base_url {url}/v1); Ctrl-C stops")
+    print("once the log says the app is running (~40 s on 2 cores), try:")
+    print(
+        f"  curl -s {url}/v1/audio/transcriptions -F file=@{sample} "
+        "-F response_format=verbose_json -F 'timestamp_granularities[]=word'",
+        flush=True,
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    serve_bin = Path(sys.executable).parent / "serve"
+    return subprocess.call([str(serve_bin), "run", str(config)], env=env, cwd=ROOT)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:

@@ -85,8 +85,8 @@ async def parse_transcription_form(
     form: FormData, *, model_ids: Iterable[str], default_model: str
 ) -> TranscriptionForm:
     """Validate every field, then read the upload (already spooled by the parser)."""
-    fields = {key: value for key, value in form.multi_items() if not _is_blank(value)}
-    unknown = sorted(set(fields) - _KNOWN_FIELDS - _IGNORED_FIELDS - OPTION_FIELDS)
+    sent = {name for name, value in form.multi_items() if not _is_blank(value)}
+    unknown = sorted(sent - _KNOWN_FIELDS - _IGNORED_FIELDS - OPTION_FIELDS)
     if unknown:
         raise InvalidRequestError(
             f"Unrecognized request argument supplied: {unknown[0]}.", param=unknown[0]
@@ -100,12 +100,13 @@ async def parse_transcription_form(
             param="file",
         )
     model = _text(form, "model") or default_model
-    if model not in set(model_ids):
+    served = list(model_ids)
+    if model not in served:
         raise UnknownModelError(
-            f"The model {model!r} does not exist; use one of {', '.join(model_ids)}.",
+            f"The model {model!r} does not exist; use one of {', '.join(served)}.",
             param="model",
         )
-    _check_language(_text(form, "language"))
+    check_language(_text(form, "language"))
     _check_temperature(_text(form, "temperature"))
     response_format = _text(form, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
@@ -146,7 +147,7 @@ def _text(form: FormData, name: str) -> str | None:
     return value.strip() or None
 
 
-def _check_language(language: str | None) -> None:
+def check_language(language: str | None) -> None:
     """Reverb is an English model; refuse other languages rather than return nonsense."""
     if language is None:
         return

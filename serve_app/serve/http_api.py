@@ -21,7 +21,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -106,6 +106,7 @@ def build_http_app(service: TranscriptionService) -> Starlette:
         ],
         middleware=middleware,
         exception_handlers={
+            ClientDisconnect: api.on_client_disconnect,
             ReverbServeError: api.on_reverb_error,
             HTTPException: api.on_http_exception,
             Exception: api.on_unexpected_error,
@@ -231,6 +232,10 @@ class _HttpApi:
     async def on_reverb_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ReverbServeError)
         return error_response(exc, retry_after_s=self.config.retry_after_s)
+
+    async def on_client_disconnect(self, request: Request, exc: Exception) -> Response:
+        """The client went away mid-upload: nobody reads this, but it is not our error."""
+        return Response(status_code=400)
 
     async def on_http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -29,7 +29,7 @@ from serve_app.engine.options import DecodeOptions
 from serve_app.engine.types import Transcript
 from serve_app.serve.config import AppConfig
 from serve_app.serve.errors import ChunkDecodeError, UnavailableError
-from serve_app.serve.form import parse_options
+from serve_app.serve.form import check_language, parse_options
 from serve_app.serve.http_api import build_http_app
 from serve_app.serve.limits import ConcurrencyLimiter
 from serve_app.serve.metrics import IngressMetrics
@@ -71,10 +71,12 @@ class Ingress:
     async def transcribe(self, audio: bytes | np.ndarray, **options: Any) -> Transcript:
         """Transcribe ``audio`` (an encoded file, or 16 kHz mono float32 in [-1, 1]).
 
-        ``options`` are the Reverb options (``decoding_mode``, ``verbatimicity``, ...).
-        The same limits and errors as HTTP apply; errors are raised as the engine's
-        typed exceptions (``status_code``, ``code`` and ``param`` attached).
+        ``options`` are the Reverb options (``decoding_mode``, ``verbatimicity``, ...)
+        and, as over HTTP, ``language`` (English only). The same limits and errors as
+        HTTP apply; errors are raised as the engine's typed exceptions (``status_code``,
+        ``code`` and ``param`` attached).
         """
+        check_language(options.pop("language", None))
         decode_options = parse_options(options)
         with self.limiter.slot():
             if isinstance(audio, (bytes, bytearray, memoryview)) and (

@@ -1,0 +1,203 @@
+"""One real Ray cluster and Serve instance for the whole session, with the test apps.
+
+The apps are deployed the way ``serve run configs/local.yaml`` deploys them: as a
+declarative Serve config that names ``serve_app.app:build_app`` and its ``args``.
+That is also the only way Serve applies a new ``user_config`` to live replicas (an
+imperative ``serve.run`` replaces them), which the reconfigure test relies on.
+
+Apps (one Serve instance, one HTTP port):
+
+* ``reverb`` at ``/``: the tiny model, generous limits; most tests use it.
+* ``guarded`` at ``/guarded``: an API key, one request at a time, a 200 kB upload
+  limit and a CORS allowlist, for the admission tests.
+* ``caller`` (no HTTP route): a second deployment that calls ``reverb`` through a handle.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from serve_helpers import (
+    ALLOWED_ORIGIN,
+    API_KEY,
+    BASE_BATCHING,
+    CALLER_APP,
+    DEPLOY_TIMEOUT_S,
+    GUARDED_APP,
+    GUARDED_PREFIX,
+    GUARDED_UPLOAD_LIMIT,
+    MAIN_APP,
+    wav_bytes,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- audio
+
+
+@pytest.fixture(scope="session")
+def speech(synth) -> Callable[..., np.ndarray]:
+    """``speech(seconds, seed)``: the speech-like audio the tiny model is calibrated on."""
+    return synth
+
+
+@pytest.fixture(scope="session")
+def make_wav(synth) -> Callable[..., bytes]:
+    """``make_wav(seconds, seed)``: WAV bytes of speech-like audio."""
+    return lambda seconds, seed=0: wav_bytes(synth(seconds, seed))
+
+
+# --------------------------------------------------------------------------- Ray + Serve
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServeCluster:
+    """The session's Serve instance and how to (re)apply the test config."""
+
+    port: int
+    model_dir: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def guarded_url(self) -> str:
+        return self.base_url + GUARDED_PREFIX
+
+    def config(self, batching: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The multi-app Serve config, as a YAML file would hold it."""
+        common = {"model": str(self.model_dir), "device": "cpu", "num_cpus": 1}
+        small = {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0}}
+        return {
+            "applications": [
+                {
+                    "name": MAIN_APP,
+                    "route_prefix": "/",
+                    "import_path": "serve_app.app:build_app",
+                    "args": {**common, "max_concurrent_requests": 64, "max_audio_seconds": 120},
+                    "deployments": [
+                        {"name": "Ingress", **small},
+                        {
+                            "name": "Transcriber",
+                            "user_config": batching or BASE_BATCHING,
+                            "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
+                        },
+                    ],
+                },
+                {
+                    "name": GUARDED_APP,
+                    "route_prefix": GUARDED_PREFIX,
+                    "import_path": "serve_app.app:build_app",
+                    "args": {
+                        **common,
+                        "api_key": API_KEY,
+                        "max_concurrent_requests": 1,
+                        "max_upload_bytes": GUARDED_UPLOAD_LIMIT,
+                        "retry_after_s": 2,
+                        "cors_origins": [ALLOWED_ORIGIN],
+                    },
+                    "deployments": [
+                        {"name": "Ingress", **small},
+                        {"name": "Transcriber", "ray_actor_options": {"num_cpus": 0.5}},
+                    ],
+                },
+                {
+                    "name": CALLER_APP,
+                    "route_prefix": None,
+                    "import_path": "tests.serve.handle_caller:build",
+                    "args": {"app_name": MAIN_APP},
+                },
+            ]
+        }
+
+    def apply(self, batching: dict[str, Any] | None = None) -> None:
+        """Deploy (or update) the apps as ``serve deploy`` would, and wait until running."""
+        from ray import serve
+        from ray.serve.context import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        schema = ServeDeploySchema.model_validate(self.config(batching))
+        _get_global_client().deploy_apps(schema, _blocking=False)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        names = {app["name"] for app in self.config()["applications"]}
+        while True:
+            statuses = serve.status().applications
+            states = {n: statuses[n].status if n in statuses else "MISSING" for n in names}
+            failed = {n: statuses[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
+            if failed:
+                raise RuntimeError(f"test apps failed to deploy: {failed}")
+            if all(s == "RUNNING" for s in states.values()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"test apps not running after {DEPLOY_TIMEOUT_S} s: {states}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def serve_cluster(tiny_model_dir) -> Iterator[ServeCluster]:
+    """Start Ray and Serve once, deploy the test apps, and tear everything down."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray 2.60 turns on token auth locally
+    import ray
+    from ray import serve
+    from ray.job_config import JobConfig
+
+    ray.init(
+        num_cpus=8,  # logical: lets CPU-reserving deployments fit on a 2-core box
+        include_dashboard=False,
+        log_to_driver=False,  # replica logs: /tmp/ray/session_latest/logs/serve/
+        # Replicas and the app-build task import tests.serve.handle_caller from here.
+        job_config=JobConfig(code_search_path=[str(REPO_ROOT)]),
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+        port = serve.context._get_global_client().http_config.port
+        cluster = ServeCluster(port=port, model_dir=tiny_model_dir)
+        cluster.apply()
+        yield cluster
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def main_stats(serve_cluster) -> Callable[[], dict[str, Any]]:
+    """Read the main app's Transcriber counters (one replica in the tests)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Transcriber", app_name=MAIN_APP)
+    return lambda: handle.stats.remote().result(timeout_s=30)
+
+
+@pytest.fixture
+def http(serve_cluster) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=serve_cluster.base_url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def guarded(serve_cluster) -> Iterator[Any]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=serve_cluster.guarded_url, timeout=120, headers=headers) as c:
+        yield c

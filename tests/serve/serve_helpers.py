@@ -1,0 +1,59 @@
+"""Constants and assertions shared by the Serve tests (imported by name: pytest puts
+this folder on sys.path because it holds a conftest.py and no __init__.py)."""
+
+from __future__ import annotations
+
+import io
+import wave
+from typing import Any
+
+import numpy as np
+import pytest
+
+MAIN_APP = "reverb"
+GUARDED_APP = "guarded"
+CALLER_APP = "caller"
+GUARDED_PREFIX = "/guarded"
+API_KEY = "test-key-123"
+GUARDED_UPLOAD_LIMIT = 200_000
+ALLOWED_ORIGIN = "http://allowed.example"
+# Production default wait; the batching test must pass with it, not a tuned value.
+BASE_BATCHING = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
+DEPLOY_TIMEOUT_S = 180
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
+    """16-bit mono WAV of float samples in [-1, 1]; ``pcm / 32768`` round-trips exactly."""
+    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def assert_openai_error(response: Any, status: int, *, param: str | None = None) -> dict:
+    """The status, and OpenAI's error envelope with all four keys."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+def assert_same_words(got: list[dict], expected: list[dict]) -> None:
+    """Same words at the same times; confidences equal up to float32 batch noise.
+
+    A padded batch computes the encoder with other shapes than a lone row, so the
+    last bits of a posterior may differ; tokens and frame times may not.
+    """
+    assert [w["word"] for w in got] == [w["word"] for w in expected]
+    assert [(w["start"], w["end"]) for w in got] == [(w["start"], w["end"]) for w in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)

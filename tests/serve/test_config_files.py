@@ -1,0 +1,93 @@
+"""Every Serve config in the repository is valid before anyone deploys it.
+
+Checks, per file: Ray's own schema accepts it; its ``args`` pass ``AppConfig``; the
+builder turns them into an app (no Ray cluster needed); the ``deployments:`` it
+names are the ones the builder creates; and the sizing rules the code relies on
+hold (batches can fill, our 503 comes before Serve's queue, num_gpus is explicit
+because YAML replaces ``ray_actor_options`` wholesale).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from serve_app.app import build_app
+from serve_app.serve.config import AppConfig, BatchingConfig
+from serve_app.serve.ingress import Ingress
+from serve_app.serve.transcriber_deployment import Transcriber
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_FILES = [REPO_ROOT / "serve_config.yaml", *sorted((REPO_ROOT / "configs").glob("*.yaml"))]
+EXPECTED_GPUS = {"serve_config.yaml": 1, "local.yaml": 0, "multi_gpu.yaml": 1}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    with path.open() as fin:
+        return yaml.safe_load(fin)
+
+
+def _apps(path: Path) -> list[dict[str, Any]]:
+    return _load(path)["applications"]
+
+
+def test_the_expected_files_exist():
+    assert {p.name for p in CONFIG_FILES} >= set(EXPECTED_GPUS)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_ray_accepts_the_file(path):
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(_load(path))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_args_validate_and_build(path):
+    from ray.serve import Application
+
+    for app in _apps(path):
+        assert app["import_path"] == "serve_app.app:build_app"
+        AppConfig.model_validate(app["args"])
+        assert isinstance(build_app(app["args"]), Application)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_named_deployments_exist_and_are_sized_consistently(path):
+    built = {Ingress.name, Transcriber.name}
+    for app in _apps(path):
+        args = AppConfig.model_validate(app["args"])
+        deployments = {d["name"]: d for d in app.get("deployments", [])}
+        assert set(deployments) <= built, f"{path.name} names unknown deployments"
+        assert set(deployments) == built, f"{path.name} should size both deployments"
+
+        transcriber = deployments["Transcriber"]
+        assert transcriber["ray_actor_options"]["num_gpus"] == EXPECTED_GPUS[path.name]
+        batching = BatchingConfig.model_validate(transcriber["user_config"])
+        assert transcriber["max_ongoing_requests"] >= batching.max_batch_size
+
+        ingress = deployments["Ingress"]
+        assert ingress["ray_actor_options"].get("num_gpus", 0) == 0
+        if "max_ongoing_requests" in ingress:
+            assert ingress["max_ongoing_requests"] > args.max_concurrent_requests
+
+
+def test_production_serves_reverb_on_port_8765():
+    config = _load(REPO_ROOT / "serve_config.yaml")
+    assert config["http_options"] == {**config["http_options"], "host": "0.0.0.0", "port": 8765}
+    (app,) = config["applications"]
+    args = AppConfig.model_validate(app["args"])
+    assert (args.model, args.cache_dir, args.device) == ("reverb_asr_v1", "/models", "cuda")
+    scaling = app["deployments"][1]["autoscaling_config"]
+    assert scaling["min_replicas"] <= scaling["max_replicas"]
+
+
+def test_local_serves_the_bundled_model_on_cpu():
+    (app,) = _apps(REPO_ROOT / "configs" / "local.yaml")
+    args = AppConfig.model_validate(app["args"])
+    assert args.device == "cpu"
+    assert args.model == "models/tiny_random"
+    assert args.served_model_name == "tiny_random"

@@ -1,0 +1,244 @@
+"""Every way a caller can get it wrong gets the right 4xx with OpenAI's error body.
+
+Admission errors (401, 413, 503) run against the ``guarded`` app, which has an API
+key, a one-request concurrency limit and a 200 kB upload limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from serve_helpers import (
+    ALLOWED_ORIGIN,
+    API_KEY,
+    GUARDED_UPLOAD_LIMIT,
+    assert_openai_error,
+)
+
+pytestmark = pytest.mark.serve
+
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+
+
+@pytest.fixture(scope="module")
+def clip(make_wav) -> bytes:
+    return make_wav(2.0, 5)
+
+
+def _post(client, audio: bytes | None, **fields):
+    files = {"file": ("clip.wav", audio, "audio/wav")} if audio is not None else None
+    return client.post(TRANSCRIPTIONS, files=files, data=fields)
+
+
+# --------------------------------------------------------------------------- 4xx for bad input
+
+
+def test_undecodable_audio_is_415(http):
+    error = assert_openai_error(_post(http, b"RIFF" + b"\x00garbage" * 500), 415, param="file")
+    assert error["code"] == "unsupported_audio"
+    assert error["type"] == "invalid_request_error"
+
+
+def test_empty_file_is_400(http):
+    assert_openai_error(_post(http, b""), 400, param="file")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("verbatimicity", "2"),
+        ("decoding_mode", "greedy"),
+        ("beam_size", "ten"),
+        ("ctc_weight", "-1"),
+        ("word_timestamps", "exact"),
+        ("response_format", "docx"),
+        ("timestamp_granularities[]", "phoneme"),
+        ("language", "fr"),
+        ("temperature", "hot"),
+        ("stream", "maybe"),
+        ("model", "gpt-9"),
+        ("verbatimcity", "0.5"),  # a typo is refused, not silently ignored
+    ],
+)
+def test_bad_option_is_400_naming_the_field(http, clip, field, value):
+    expected_param = field.removesuffix("[]")
+    error = assert_openai_error(_post(http, clip, **{field: value}), 400, param=expected_param)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_missing_file_is_400(http):
+    response = http.post(TRANSCRIPTIONS, files={"model": (None, "whisper-1")})
+    error = assert_openai_error(response, 400, param="file")
+    assert error["code"] == "missing_required_parameter"
+
+
+def test_file_as_text_field_is_400(http):
+    response = http.post(TRANSCRIPTIONS, files={"file": (None, "not a file")})
+    assert_openai_error(response, 400, param="file")
+
+
+def test_json_body_is_400(http):
+    assert_openai_error(http.post(TRANSCRIPTIONS, json={"file": "x"}), 400, param="file")
+
+
+def test_audio_over_the_duration_limit_is_413(http, make_wav):
+    """The main app allows 120 s of audio; the check runs while decoding."""
+    error = assert_openai_error(_post(http, make_wav(121.0, 1)), 413, param="file")
+    assert error["code"] == "audio_too_long"
+
+
+def test_unknown_route_and_method_are_openai_shaped(http):
+    assert_openai_error(http.get("/v1/nothing-here"), 404)
+    assert_openai_error(http.get(TRANSCRIPTIONS), 405)
+    assert_openai_error(http.get("/v1/models/nope"), 404, param="model")
+
+
+# --------------------------------------------------------------------------- API key
+
+
+def test_api_key_required_on_v1_routes(serve_cluster, clip):
+    import httpx
+
+    base = serve_cluster.guarded_url
+    no_key = httpx.get(base + "/v1/models")
+    error = assert_openai_error(no_key, 401)
+    assert error["code"] == "invalid_api_key"
+    assert no_key.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer nope"})
+    assert_openai_error(wrong, 401)
+    upload = httpx.post(base + TRANSCRIPTIONS, files={"file": ("a.wav", clip, "audio/wav")})
+    assert_openai_error(upload, 401)
+    right = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert right.status_code == 200
+
+
+def test_health_endpoints_stay_open(serve_cluster):
+    import httpx
+
+    base = serve_cluster.guarded_url
+    assert httpx.get(base + "/healthz").status_code == 200
+    assert httpx.get(base + "/readyz").status_code == 200
+    assert httpx.get(base + "/openapi.json").json()["openapi"].startswith("3.1")
+
+
+def test_openai_sdk_with_the_right_key(serve_cluster, clip):
+    from openai import AuthenticationError, OpenAI
+
+    good = OpenAI(base_url=serve_cluster.guarded_url + "/v1", api_key=API_KEY, max_retries=0)
+    assert good.audio.transcriptions.create(model="whisper-1", file=("a.wav", clip)).text
+    bad = OpenAI(base_url=serve_cluster.guarded_url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(AuthenticationError):
+        bad.audio.transcriptions.create(model="whisper-1", file=("a.wav", clip))
+
+
+# --------------------------------------------------------------------------- upload limit
+
+
+def _multipart(size: int) -> tuple[bytes, str]:
+    boundary = "reverbboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + b"\x00" * size + tail, f"multipart/form-data; boundary={boundary}"
+
+
+def test_upload_over_the_limit_by_content_length_is_413(guarded):
+    body, content_type = _multipart(GUARDED_UPLOAD_LIMIT + 50_000)
+    response = guarded.post(TRANSCRIPTIONS, content=body, headers={"Content-Type": content_type})
+    error = assert_openai_error(response, 413, param="file")
+    assert error["code"] == "payload_too_large"
+
+
+def test_chunked_upload_over_the_limit_is_413(guarded):
+    """No Content-Length: the bytes are counted as they stream in."""
+    body, content_type = _multipart(GUARDED_UPLOAD_LIMIT + 50_000)
+
+    def pieces():
+        for start in range(0, len(body), 16_384):
+            yield body[start : start + 16_384]
+
+    response = guarded.post(
+        TRANSCRIPTIONS, content=pieces(), headers={"Content-Type": content_type}
+    )
+    assert "content-length" not in response.request.headers
+    error = assert_openai_error(response, 413, param="file")
+    assert error["code"] == "payload_too_large"
+
+
+# --------------------------------------------------------------------------- concurrency limit
+
+
+def test_over_the_concurrency_limit_is_503_with_retry_after(guarded, serve_cluster, clip):
+    """Hold the guarded app's single slot with an upload that stalls mid-body, then
+    show a second request is refused at once; no timing guesses, the slot count is
+    read from /readyz."""
+    import httpx
+
+    release = threading.Event()
+    body, content_type = _multipart(1000)
+    outcome: dict[str, object] = {}
+
+    def stalled_upload():
+        def pieces():
+            yield body[:100]
+            release.wait(30)
+            yield body[100:]
+
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": content_type}
+        try:
+            outcome["response"] = httpx.post(
+                serve_cluster.guarded_url + TRANSCRIPTIONS,
+                content=pieces(),
+                headers=headers,
+                timeout=60,
+            )
+        except Exception as exc:  # reported by the assertion below
+            outcome["response"] = exc
+
+    holder = threading.Thread(target=stalled_upload)
+    holder.start()
+    try:
+        deadline = time.monotonic() + 20
+        while guarded.get("/readyz").json()["in_flight"] != 1:
+            assert time.monotonic() < deadline, "the stalled upload never reached the app"
+            time.sleep(0.05)
+        refused = _post(guarded, clip)
+        error = assert_openai_error(refused, 503)
+        assert error["code"] == "overloaded"
+        assert refused.headers["retry-after"] == "2"
+    finally:
+        release.set()
+        holder.join(60)
+    # The held request completes normally (its body is not audio) and frees the slot.
+    assert getattr(outcome["response"], "status_code", None) == 415, outcome
+    assert guarded.get("/readyz").json()["in_flight"] == 0
+    assert _post(guarded, clip).status_code == 200
+
+
+# --------------------------------------------------------------------------- CORS
+
+
+def test_cors_allowlist(serve_cluster):
+    import httpx
+
+    url = serve_cluster.guarded_url + TRANSCRIPTIONS
+    preflight_headers = {
+        "Origin": ALLOWED_ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    allowed = httpx.options(url, headers=preflight_headers)
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    other = httpx.options(url, headers={**preflight_headers, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+    # A 401 still carries CORS headers, so a browser app can read the error.
+    unauthorized = httpx.get(
+        serve_cluster.guarded_url + "/v1/models", headers={"Origin": ALLOWED_ORIGIN}
+    )
+    assert unauthorized.status_code == 401
+    assert unauthorized.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
