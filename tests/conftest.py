@@ -7,10 +7,8 @@ seconds, fixed seed), so no test downloads weights.
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +53,9 @@ def synth_audio(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.n
 
 def wav_bytes(audio: np.ndarray, sample_rate: int = 16000) -> bytes:
     """16-bit PCM WAV of float audio in [-1, 1]."""
-    pcm = np.clip(np.round(audio * 32767), -32768, 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
+    from serve_app.engine.audio import encode_wav
+
+    return encode_wav(audio, sample_rate)
 
 
 @pytest.fixture(scope="session")

@@ -468,3 +468,12 @@ def test_to_int16_scale() -> None:
 def test_duration_seconds() -> None:
     assert duration_seconds(np.zeros(24000, np.float32)) == 1.5
     assert duration_seconds(np.zeros(0, np.float32)) == 0.0
+
+
+def test_encode_wav_round_trips_exactly() -> None:
+    from serve_app.engine.audio import encode_wav
+
+    rng = np.random.default_rng(7)
+    samples = np.round(rng.uniform(-0.9, 0.9, 16000) * 32768) / 32768
+    decoded = decode_audio(encode_wav(samples.astype(np.float32)))
+    np.testing.assert_array_equal(decoded, samples.astype(np.float32))

@@ -357,3 +357,21 @@ def _validated_array(audio: np.ndarray, max_seconds: float | None) -> np.ndarray
         )
     np.clip(waveform, -1.0, 1.0, out=waveform)
     return waveform
+
+
+def encode_wav(waveform: np.ndarray, sample_rate: int = TARGET_SAMPLE_RATE) -> bytes:
+    """16-bit mono WAV bytes of float samples in [-1, 1].
+
+    Scales by 32768 so that ``pcm / 32768`` (what ``decode_audio`` returns) round-trips
+    the samples exactly; tests, examples and benchmarks all make uploads with it.
+    """
+    import wave
+
+    pcm = np.clip(np.round(waveform * INT16_SCALE), -32768, 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()

@@ -3,12 +3,12 @@ this folder on sys.path because it holds a conftest.py and no __init__.py)."""
 
 from __future__ import annotations
 
-import io
-import wave
 from typing import Any
 
 import numpy as np
 import pytest
+
+from serve_app.engine.audio import encode_wav
 
 MAIN_APP = "reverb"
 GUARDED_APP = "guarded"
@@ -24,14 +24,7 @@ DEPLOY_TIMEOUT_S = 180
 
 def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
     """16-bit mono WAV of float samples in [-1, 1]; ``pcm / 32768`` round-trips exactly."""
-    pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return encode_wav(samples, rate)
 
 
 def assert_openai_error(response: Any, status: int, *, param: str | None = None) -> dict:
