@@ -8,10 +8,10 @@ Transcriber's ``stats()`` handle method is read, and the difference gives rows
 no part in the numbers except through how requests happen to overlap.
 
     # start the app here on CPU with a model folder, measure, shut down
-    python examples/batching_stats.py --start models/tiny_random --clients 16
+    python bench/batching_stats.py --start models/tiny_random --clients 16
 
     # or measure an app that is already running (`serve run configs/local.yaml`)
-    python examples/batching_stats.py --clients 16 --url http://127.0.0.1:8765
+    python bench/batching_stats.py --clients 16 --url http://127.0.0.1:8765
 
 With one Transcriber replica the counters cover every chunk; with several, a stats
 call reaches one replica, so run it against a single-replica deployment.
@@ -24,6 +24,7 @@ import asyncio
 import functools
 import importlib.util
 import io
+import os
 import sys
 import time
 import wave
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", metavar="MODEL", help="deploy the app here on CPU first")
     args = parser.parse_args(argv)
 
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns on token auth
     if args.start:
         from serve_app.app import build_app
 
