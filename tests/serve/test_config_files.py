@@ -89,5 +89,5 @@ def test_local_serves_the_bundled_model_on_cpu():
     (app,) = _apps(REPO_ROOT / "configs" / "local.yaml")
     args = AppConfig.model_validate(app["args"])
     assert args.device == "cpu"
-    assert args.model == "models/tiny_random"
-    assert args.served_model_name == "tiny_random"
+    assert args.model == "models/demo"
+    assert args.served_model_name == "demo"

@@ -1,0 +1,293 @@
+"""Accuracy of the committed demo model on held-out synthesised speech.
+
+The model in models/demo and the clips in tests/data/demo come from
+scripts/train_demo_model.py (nothing here trains). The held-out clips use sentences
+and voice variants that training never saw; every word's true start and end is in
+the manifest because the clips are concatenations of trimmed single-word clips.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import statistics
+import sys
+from functools import cache
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from serve_app.engine.audio import as_waveform
+from serve_app.engine.options import DecodeOptions
+from serve_app.engine.transcriber import Request, Transcriber
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "demo"
+DATA_DIR = ROOT / "tests" / "data" / "demo"
+RECIPE = ROOT / "scripts" / "train_demo_model.py"
+FILLERS = {"um", "uh"}
+ALL_MODES = (
+    "ctc_greedy_search",
+    "ctc_prefix_beam_search",
+    "attention",
+    "attention_rescoring",
+    "joint_decoding",
+)
+
+
+@cache
+def manifest() -> dict:
+    return json.loads((DATA_DIR / "manifest.json").read_text())
+
+
+def clips(kind: str) -> list[dict]:
+    return [c for c in manifest()["clips"] if c["set"] == kind]
+
+
+@cache
+def waveform(name: str) -> np.ndarray:
+    return as_waveform((DATA_DIR / name).read_bytes())
+
+
+# Issue 4 is open: the committed demo model is undertrained (held-out WER ~50%, filler
+# recall 50%). These tests keep measuring the targets; they are expected to fail until
+# the model is retrained (`scripts/train_demo_model.py` with a longer stage 2).
+UNDERTRAINED = pytest.mark.xfail(
+    reason="issue 4 open: demo model undertrained; targets not yet met", strict=False
+)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from serve_app.engine.model import load_model
+
+    torch.set_num_threads(1)
+    return load_model(str(MODEL_DIR), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def transcriber(demo_model):
+    return Transcriber(demo_model)
+
+
+_RESULTS: dict[tuple, list] = {}
+
+
+def decode_set(transcriber, kind: str, **options) -> list:
+    """Transcripts of one clip set, decoded as one batch, cached per options."""
+    key = (kind, tuple(sorted(options.items())))
+    if key not in _RESULTS:
+        opts = DecodeOptions(**options)
+        reqs = [Request(waveform(c["file"]), opts) for c in clips(kind)]
+        out = transcriber.transcribe_many(reqs)
+        for r in out:
+            if isinstance(r, Exception):
+                raise r
+        _RESULTS[key] = out
+    return _RESULTS[key]
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    return jiwer.wer(refs, [h if h.strip() else "<empty>" for h in hyps])
+
+
+def matched_pairs(ref_words: list[str], hyp_words: list[str]) -> list[tuple[int, int]]:
+    """(ref index, hyp index) of words an edit alignment leaves equal."""
+    sm = difflib.SequenceMatcher(a=ref_words, b=hyp_words, autojunk=False)
+    return [(b.a + k, b.b + k) for b in sm.get_matching_blocks() for k in range(b.size)]
+
+
+# -- the model and data as committed ------------------------------------------------------
+
+
+def test_model_directory_is_small_and_in_reverb_format(demo_model):
+    files = {p.name for p in MODEL_DIR.iterdir()}
+    assert {"config.yaml", "tk.model", "tk.units.txt", "global_cmvn", "README.md"} <= files
+    assert sum(p.stat().st_size for p in MODEL_DIR.iterdir()) < 10 * 2**20
+    config = yaml.safe_load((MODEL_DIR / "config.yaml").read_text())
+    assert config["encoder"] == "conformer" and config["tokenizer"] == "rev_bpe"
+    assert config["dataset_conf"]["pass_cat_emb"] is True
+    assert config["dataset_conf"]["cat_emb_conf"]["emb_len"] == 2
+    assert "timings_adjustment_ms" in config["serving_conf"]
+    assert type(demo_model.model.decoder).__name__ == "LanguageSpecificBiTransformerDecoder"
+    layers = {type(layer).__name__ for layer in demo_model.model.encoder.encoders}
+    assert "LanguageSpecificConformerEncoderLayer" in layers
+    units = (MODEL_DIR / "tk.units.txt").read_text().split("\n")
+    assert units[0] == "<blank> 0" and units[1] == "<unk> 1"
+    assert units[-2].startswith("<sos/eos> ") and demo_model.sos == len(units) - 2
+    assert demo_model.timings_adjustment_ms == config["serving_conf"]["timings_adjustment_ms"]
+
+
+def test_vocabulary_and_test_data():
+    words = {w["word"] for c in manifest()["clips"] for w in c["words"]}
+    assert len(words) >= 100, len(words)
+    assert {"um", "uh"} <= words
+    total = sum(p.stat().st_size for p in DATA_DIR.iterdir())
+    assert total < 5 * 2**20, total
+    (long_clip,) = clips("long")
+    assert 100 <= long_clip["duration"] <= 150  # several 20 s chunks
+    recipe = manifest()["recipe"]
+    held_variants = {c["voice"].split()[0].partition("+")[2] for c in clips("heldout")}
+    assert held_variants - set(recipe["training_voice_variants"]), "no unseen voice variant"
+
+
+def test_heldout_sentences_were_not_trained_on():
+    """Replays the recipe's seeded sentence plan (no synthesis) and checks the overlap."""
+    recipe = manifest()["recipe"]
+    spec = importlib.util.spec_from_file_location("demo_recipe", RECIPE)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["demo_recipe"] = script  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    voices, _, plan = script.training_plan(recipe["seed"], recipe["voices"], recipe["utterances"])
+    assert {v.variant for v in voices} <= set(recipe["training_voice_variants"])
+    trained = {" ".join(clean) for _, clean, _ in plan}
+    for c in clips("heldout") + clips("hard"):
+        assert c["text_nonverbatim"] not in trained, c["file"]
+    assert len(script.VOCABULARY) >= 100
+
+
+# -- accuracy ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "limit"),
+    [("ctc_prefix_beam_search", 0.05), ("attention_rescoring", 0.05), ("attention", 0.10)],
+)
+@UNDERTRAINED
+def test_heldout_wer(transcriber, mode, limit):
+    hyps = [t.text for t in decode_set(transcriber, "heldout", decoding_mode=mode)]
+    refs = [c["text"] for c in clips("heldout")]
+    value = wer(refs, hyps)
+    print(f"held-out WER {mode}: {value:.2%} ({len(refs)} clips)")
+    assert value <= limit
+
+
+@pytest.mark.parametrize("mode", ["ctc_prefix_beam_search", "attention_rescoring"])
+@UNDERTRAINED
+def test_long_form_wer(transcriber, mode):
+    (clip,) = clips("long")
+    (t,) = decode_set(transcriber, "long", decoding_mode=mode)
+    value = wer([clip["text"]], [t.text])
+    print(f"long-form WER {mode}: {value:.2%} ({clip['duration']:.0f} s)")
+    assert value <= 0.08
+    assert t.words[-1].end > 100  # the last chunks were decoded
+
+
+def test_word_timings_against_known_times(transcriber):
+    starts, ends = [], []
+    for clip, t in zip(clips("heldout"), decode_set(transcriber, "heldout"), strict=True):
+        ref = clip["words"]
+        hyp = t.words
+        for i, j in matched_pairs([w["word"] for w in ref], [w.word for w in hyp]):
+            starts.append(hyp[j].start - ref[i]["start"])
+            ends.append(hyp[j].end - ref[i]["end"])
+    start_err = statistics.median(abs(x) for x in starts)
+    end_err = statistics.median(abs(x) for x in ends)
+    print(
+        f"word timing: median |start error| {start_err * 1000:.0f} ms, "
+        f"median |end error| {end_err * 1000:.0f} ms over {len(starts)} words "
+        f"(signed medians {statistics.median(starts) * 1000:+.0f} / "
+        f"{statistics.median(ends) * 1000:+.0f} ms)"
+    )
+    assert start_err <= 0.080
+    assert end_err <= 0.120
+
+
+@UNDERTRAINED
+def test_confidence_separates_right_from_wrong_words(transcriber):
+    for mode in ("attention_rescoring", "ctc_prefix_beam_search", "attention"):
+        for t in decode_set(transcriber, "heldout", decoding_mode=mode):
+            assert all(0.0 < w.confidence <= 1.0 for w in t.words)
+    right, wrong = [], []
+    for clip, t in zip(clips("hard"), decode_set(transcriber, "hard"), strict=True):
+        hyp = [w.word for w in t.words]
+        ok = {j for _, j in matched_pairs(clip["text"].split(), hyp)}
+        for j, w in enumerate(t.words):
+            assert 0.0 < w.confidence <= 1.0
+            (right if j in ok else wrong).append(w.confidence)
+    print(
+        f"hard set: {len(right)} right words (mean confidence {np.mean(right):.3f}), "
+        f"{len(wrong)} wrong (mean {np.mean(wrong):.3f})"
+    )
+    assert len(wrong) >= 3, "the hard set must produce errors for this test to mean something"
+    assert np.mean(wrong) < np.mean(right)
+
+
+@UNDERTRAINED
+def test_verbatimicity_keeps_or_drops_fillers(transcriber):
+    with_fillers = [c for c in clips("heldout") if FILLERS & set(c["text"].split())]
+    assert len(with_fillers) >= 5
+    n_ref = sum(sum(w in FILLERS for w in c["text"].split()) for c in with_fillers)
+    verbatim = decode_set(transcriber, "heldout", verbatimicity=1.0)
+    clean = decode_set(transcriber, "heldout", verbatimicity=0.0)
+    recalled = 0
+    for clip, t in zip(clips("heldout"), verbatim, strict=True):
+        ref = clip["text"].split()
+        hyp = t.text.split()
+        recalled += sum(ref[i] in FILLERS for i, _ in matched_pairs(ref, hyp))
+    emitted = sum(sum(w in FILLERS for w in t.text.split()) for t in clean)
+    recall, rate = recalled / n_ref, emitted / n_ref
+    refs_clean = [c["text_nonverbatim"] for c in clips("heldout")]
+    clean_wer = wer(refs_clean, [t.text for t in clean])
+    print(
+        f"fillers: recall {recall:.0%} at verbatimicity 1, rate {rate:.0%} at verbatimicity 0 "
+        f"({n_ref} fillers); WER against non-verbatim text at verbatimicity 0: {clean_wer:.2%}"
+    )
+    assert recall >= 0.9
+    assert rate <= 0.1
+
+
+# -- fidelity with Rev's wrapper and batch invariance --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rev_asr():
+    from wenet.cli import reverb
+
+    def load_int16_scale(path, normalize=False):
+        wave = waveform(Path(path).name)
+        return torch.from_numpy(wave * 32768.0).unsqueeze(0), 16000
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(reverb.torchaudio, "load", load_int16_scale)
+    (checkpoint,) = MODEL_DIR.glob("*.pt")
+    yield reverb.ReverbASR(str(MODEL_DIR / "config.yaml"), str(checkpoint))
+    mp.undo()
+
+
+@pytest.mark.parametrize("mode", ["ctc_prefix_beam_search", "attention_rescoring"])
+def test_transcripts_equal_rev_wrapper(transcriber, rev_asr, mode):
+    for verbatimicity in (1.0, 0.0):
+        ours = decode_set(transcriber, "heldout", decoding_mode=mode, verbatimicity=verbatimicity)
+        for clip, t in zip(clips("heldout"), ours, strict=True):
+            rev = rev_asr.transcribe(
+                clip["file"], mode=mode, verbatimicity=verbatimicity, format="txt"
+            )
+            assert t.text == rev, clip["file"]
+
+
+def test_every_mode_gives_the_same_words_alone_and_in_mixed_batches(transcriber):
+    """A batch mixing all modes, both verbatimicities, short clips and the long clip."""
+    names = [c["file"] for c in clips("heldout")[:4]] + [clips("long")[0]["file"]]
+    requests, keys = [], []
+    for k, mode in enumerate(ALL_MODES):
+        for j, name in enumerate(names):
+            if mode == "joint_decoding" and name == names[-1]:
+                continue  # the time-synchronous search is slow on 2 minutes of audio
+            v = float((j + k) % 2)
+            requests.append(
+                Request(waveform(name), DecodeOptions(decoding_mode=mode, verbatimicity=v))
+            )
+            keys.append((mode, name, v))
+    mixed = transcriber.transcribe_many(requests)
+    for (mode, name, v), in_batch in zip(keys, mixed, strict=True):
+        alone = transcriber.transcribe(
+            waveform(name), DecodeOptions(decoding_mode=mode, verbatimicity=v)
+        )
+        assert in_batch.text == alone.text, (mode, name, v)
+    assert sum(bool(t.text) for t in mixed) >= len(mixed) // 2
