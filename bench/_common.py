@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import io
 import os
 import platform
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +38,10 @@ def speech(seconds: float, seed: int) -> np.ndarray:
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:
-    """16-bit mono PCM WAV of float audio in [-1, 1]."""
-    pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    """16-bit mono PCM WAV of float audio in [-1, 1] (the engine's own encoder)."""
+    from serve_app.engine.audio import encode_wav
+
+    return encode_wav(audio, SAMPLE_RATE)
 
 
 def mix_lengths(n: int, seed: int = 0, low: float = 2.0, high: float = 60.0) -> list[float]:

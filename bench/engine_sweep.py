@@ -121,10 +121,11 @@ def _stage(key: tuple[str, int, str]) -> str | None:
     if path.endswith("serve_app/engine/decoder.py"):
         return {
             "features": "features",
-            "_search": "search",
             "_words": "alignment",
             "decode": "total",
         }.get(name)
+    if path.endswith("serve_app/engine/search.py") and name == "search_group":
+        return "search"
     if name == "_forward_encoder":
         return "encoder"
     if name == "ctc_logprobs":
@@ -174,6 +175,9 @@ def time_stages(decoder: BatchDecoder, jobs: list[ChunkJob]) -> tuple[dict[str, 
     """Wrap each stage's function with a perf_counter timer for one decode."""
     from wenet.transformer import search
 
+    import serve_app.engine.decoder as decoder_module
+    from serve_app.engine.search import search_group
+
     totals = dict.fromkeys(["features", "encoder", "ctc_posteriors", "search", "rescoring"], 0.0)
     totals |= {"alignment": 0.0, "total": 0.0}
 
@@ -190,7 +194,6 @@ def time_stages(decoder: BatchDecoder, jobs: list[ChunkJob]) -> tuple[dict[str, 
     inner = decoder.model.model
     patches = [
         (decoder, "features", "features"),
-        (decoder, "_search", "search"),
         (decoder, "_words", "alignment"),
         (inner, "_forward_encoder", "encoder"),
         (inner, "ctc_logprobs", "ctc_posteriors"),
@@ -199,12 +202,14 @@ def time_stages(decoder: BatchDecoder, jobs: list[ChunkJob]) -> tuple[dict[str, 
         object.__setattr__(obj, attr, timed(stage, getattr(obj, attr)))
     original = search.attention_rescoring
     search.attention_rescoring = timed("rescoring", original)
+    decoder_module.search_group = timed("search", search_group)
     try:
         started = time.perf_counter()
         decoder.decode(jobs)
         wall = time.perf_counter() - started
     finally:
         search.attention_rescoring = original
+        decoder_module.search_group = search_group
         for obj, attr, _ in patches:
             delattr(obj, attr)
     totals["total"] = wall
