@@ -1,8 +1,10 @@
 """Per-mode search over encoder outputs that a whole sub-batch shares.
 
 The batched decoder runs the encoder once; this module turns that output into each
-row's best hypothesis for the row's decoding mode, calling wenet's own searches with
-per-row ``cat_embs`` laid out the way each search's decoder batch expects.
+row's best hypothesis for the row's decoding mode. CTC prefix beam search and
+attention rescoring run batched in tensors (``prefix_search``, ``rescoring``); requests
+for Rev's timestamp style, and the other modes, call wenet's own searches with per-row
+``cat_embs`` laid out the way each search's decoder batch expects.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 
 from serve_app.engine.model import ReverbModel
 from serve_app.engine.options import DecodeOptions
+from serve_app.engine.prefix_search import batched_ctc_prefix_beam_search
+from serve_app.engine.rescoring import batched_attention_rescoring
 
 
 @dataclass
@@ -58,6 +62,22 @@ def search_group(
             _greedy_path(best_rows[k][: n[k]], score_rows[k][: n[k]], m.blank_id)
             for k in range(len(idx))
         ]
+    if mode in ("ctc_prefix_beam_search", "attention_rescoring") and opts.word_timestamps != "rev":
+        # Tensor search over the whole group; word times come from forced alignment.
+        nbests = batched_ctc_prefix_beam_search(probs, lens, opts.beam_size, m.blank_id)
+        if mode == "ctc_prefix_beam_search":
+            return [Hyp(list(nb.hyps[0]) if nb.hyps else [], None, None) for nb in nbests]
+        rescored = batched_attention_rescoring(
+            m.model,
+            nbests,
+            encoder_out[sel],
+            lens,
+            cat_embs[sel],
+            opts.ctc_weight,
+            opts.reverse_weight,
+        )
+        return [Hyp(r.tokens, None, r.confidences) for r in rescored]
+    # Rev's timestamp style: wenet's own searches, whose token times Rev's CTM uses.
     if mode == "ctc_prefix_beam_search":
         res = search.ctc_prefix_beam_search(probs, lens, opts.beam_size, None, m.blank_id)
         return [Hyp(list(r.tokens), list(r.times), None) for r in res]

@@ -1,0 +1,130 @@
+"""Attention rescoring of many rows' n-best lists in one decoder forward.
+
+wenet's ``attention_rescoring`` runs the decoder once per row (repeating that row's
+encoder output per hypothesis) and then scores every token with a 0-d tensor index in
+Python. Here all rows' hypotheses share one decoder forward over the padded encoder
+output with its mask, and the token scores come from one ``gather``. The score is
+wenet's: forward decoder log-likelihood of the tokens plus <eos>, mixed with the
+right-to-left decoder's by ``reverse_weight``, plus ``ctc_weight`` times the CTC
+prefix score; the first best hypothesis wins, as in wenet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from serve_app.engine.prefix_search import PrefixNbest
+
+# Hypotheses per decoder forward: bounds the repeated encoder output
+# (hyps x frames x d_model floats) while keeping the forward count low.
+MAX_HYPS_PER_FORWARD = 256
+
+
+@dataclass
+class Rescored:
+    tokens: list[int]
+    confidences: list[float]
+
+
+def batched_attention_rescoring(
+    model: torch.nn.Module,
+    nbests: list[PrefixNbest],
+    encoder_out: torch.Tensor,
+    encoder_lens: torch.Tensor,
+    cat_embs: torch.Tensor | None,
+    ctc_weight: float,
+    reverse_weight: float,
+) -> list[Rescored]:
+    """Best hypothesis of each row (``encoder_out`` row b goes with ``nbests[b]``)."""
+    owners = [b for b, nb in enumerate(nbests) for _ in nb.hyps]
+    hyps = [h for nb in nbests for h in nb.hyps]
+    ctc_scores = [s for nb in nbests for s in nb.scores]
+    fwd: list[torch.Tensor] = []
+    rev: list[torch.Tensor] = []
+    for start in range(0, len(hyps), MAX_HYPS_PER_FORWARD):
+        sl = slice(start, start + MAX_HYPS_PER_FORWARD)
+        f, r = _token_log_probs(
+            model, hyps[sl], owners[sl], encoder_out, encoder_lens, cat_embs, reverse_weight
+        )
+        fwd.extend(f)
+        rev.extend(r)
+    best: list[tuple[float, int] | None] = [None] * len(nbests)
+    confidences: list[list[float]] = []
+    for h, hyp in enumerate(hyps):
+        score = float(fwd[h].sum())
+        conf = fwd[h][: len(hyp)].exp()
+        if reverse_weight > 0 and rev[h] is not None:
+            r_scores = rev[h]
+            score = score * (1 - reverse_weight) + float(r_scores.sum()) * reverse_weight
+            # rev[h][j] scores the token at position len-1-j of the hypothesis.
+            conf = (conf + r_scores[: len(hyp)].flip(0).exp()) / 2
+        confidences.append(conf.tolist())
+        score += ctc_scores[h] * ctc_weight
+        b = owners[h]
+        if best[b] is None or score > best[b][0]:
+            best[b] = (score, h)
+    out = []
+    for entry in best:
+        if entry is None:  # an empty n-best list: nothing was recognised
+            out.append(Rescored([], []))
+            continue
+        h = entry[1]
+        out.append(Rescored(list(hyps[h]), confidences[h]))
+    return out
+
+
+def _token_log_probs(
+    model: torch.nn.Module,
+    hyps: list[tuple[int, ...]],
+    owners: list[int],
+    encoder_out: torch.Tensor,
+    encoder_lens: torch.Tensor,
+    cat_embs: torch.Tensor | None,
+    reverse_weight: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Per hypothesis: log p of each token then <eos>, left-to-right and right-to-left."""
+    if not hyps:
+        return [], []
+    device = encoder_out.device
+    sos, eos, ignore = model.sos_symbol(), model.eos_symbol(), model.ignore_id
+    own = torch.tensor(owners, device=device)
+    lens = torch.tensor([len(h) for h in hyps], device=device)
+    width = int(lens.max()) + 1
+    ys_in = torch.full((len(hyps), width), eos, dtype=torch.long, device=device)
+    r_ys_in = ys_in.clone()
+    target = torch.full_like(ys_in, 0)
+    r_target = torch.full_like(ys_in, 0)
+    ys_in[:, 0] = sos
+    r_ys_in[:, 0] = sos
+    for i, h in enumerate(hyps):
+        n = len(h)
+        if n:
+            seq = torch.tensor(h, device=device)
+            ys_in[i, 1 : n + 1] = seq
+            r_ys_in[i, 1 : n + 1] = seq.flip(0)
+            target[i, :n] = seq
+            r_target[i, :n] = seq.flip(0)
+        target[i, n] = eos
+        r_target[i, n] = eos
+    frames = int(encoder_lens[own].max())
+    memory = encoder_out[own, :frames]
+    memory_mask = (torch.arange(frames, device=device) < encoder_lens[own].unsqueeze(1)).unsqueeze(
+        1
+    )
+    embs = cat_embs[own] if cat_embs is not None else None
+    if getattr(model, "lsl_dec", False):
+        out, r_out, _ = model.decoder(
+            memory, memory_mask, ys_in, lens + 1, r_ys_in, reverse_weight, embs
+        )
+    else:
+        out, r_out, _ = model.decoder(memory, memory_mask, ys_in, lens + 1, r_ys_in, reverse_weight)
+    del ignore
+    logp = torch.log_softmax(out.float(), dim=-1).gather(2, target.unsqueeze(2)).squeeze(2)
+    fwd = [logp[i, : len(h) + 1] for i, h in enumerate(hyps)]
+    if reverse_weight > 0 and r_out.dim() > 0:
+        r_logp = torch.log_softmax(r_out.float(), dim=-1).gather(2, r_target.unsqueeze(2))
+        r_logp = r_logp.squeeze(2)
+        return fwd, [r_logp[i, : len(h) + 1] for i, h in enumerate(hyps)]
+    return fwd, [None] * len(hyps)
