@@ -132,6 +132,8 @@ def _stage(key: tuple[str, int, str]) -> str | None:
         return "ctc_posteriors"
     if path.endswith("wenet/transformer/search.py") and name == "attention_rescoring":
         return "rescoring"
+    if path.endswith("serve_app/engine/rescoring.py") and name == "batched_attention_rescoring":
+        return "rescoring"
     return None
 
 
@@ -176,6 +178,7 @@ def time_stages(decoder: BatchDecoder, jobs: list[ChunkJob]) -> tuple[dict[str, 
     from wenet.transformer import search
 
     import serve_app.engine.decoder as decoder_module
+    import serve_app.engine.search as search_module
     from serve_app.engine.search import search_group
 
     totals = dict.fromkeys(["features", "encoder", "ctc_posteriors", "search", "rescoring"], 0.0)
@@ -202,6 +205,8 @@ def time_stages(decoder: BatchDecoder, jobs: list[ChunkJob]) -> tuple[dict[str, 
         object.__setattr__(obj, attr, timed(stage, getattr(obj, attr)))
     original = search.attention_rescoring
     search.attention_rescoring = timed("rescoring", original)
+    batched = search_module.batched_attention_rescoring
+    search_module.batched_attention_rescoring = timed("rescoring", batched)
     decoder_module.search_group = timed("search", search_group)
     try:
         started = time.perf_counter()
@@ -209,6 +214,7 @@ def time_stages(decoder: BatchDecoder, jobs: list[ChunkJob]) -> tuple[dict[str, 
         wall = time.perf_counter() - started
     finally:
         search.attention_rescoring = original
+        search_module.batched_attention_rescoring = batched
         decoder_module.search_group = search_group
         for obj, attr, _ in patches:
             delattr(obj, attr)

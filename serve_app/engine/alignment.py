@@ -31,6 +31,7 @@ def rev_words(
     output_frame_ms: int,
     offset_ms: int,
     adjustment_ms: float,
+    columns: dict[int, int] | None = None,
 ) -> list[Word]:
     """Rev's CLI word path for one chunk, as ``Word`` objects in absolute seconds."""
     from wenet.bin.ctc_align import adjust_model_time_offset, ctc_align
@@ -111,6 +112,7 @@ def aligned_words(
     output_frame_ms: int,
     offset_ms: int,
     adjustment_ms: float,
+    columns: dict[int, int] | None = None,
 ) -> list[Word]:
     """Words from a forced alignment, with ends found in the audio, not at the spike.
 
@@ -119,15 +121,20 @@ def aligned_words(
     end. Ends walk forward from the word's last token while the audio stays louder
     than the chunk's silence level, stopping at the next word. Confidence is the
     geometric mean of the posteriors of the word's tokens along the alignment.
+
+    ``columns`` maps token ids to columns of ``log_probs`` when it holds only some of
+    the vocabulary (blank's and the hypothesis' columns).
     """
     tokens = list(tokens)
     if not tokens:
         return []
-    labels = force_align(log_probs, tokens, blank_id)
+    cols = [columns[t] for t in tokens] if columns is not None else tokens
+    blank_col = columns[blank_id] if columns is not None else blank_id
+    labels = force_align(log_probs, cols, blank_col)
     spans = token_spans(labels, len(tokens))
     token_conf = [
-        float(np.exp(log_probs[first : last + 1, tok].max())) if first >= 0 else 0.0
-        for tok, (first, last) in zip(tokens, spans, strict=True)
+        float(np.exp(log_probs[first : last + 1, col].max())) if first >= 0 else 0.0
+        for col, (first, last) in zip(cols, spans, strict=True)
     ]
     groups = _group_tokens_into_words(tokens, tokenizer)
     silence = _silence_level(frame_energy)
