@@ -377,7 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64])
     parser.add_argument("--batch-on", type=int, default=16, help="max_batch_size when on")
     parser.add_argument("--wait-s", type=float, default=0.01, help="batch_wait_timeout_s")
-    parser.add_argument("--mode", default="ctc_greedy_search", help="decoding_mode to request")
+    parser.add_argument(
+        "--mode",
+        default="attention_rescoring",
+        help="decoding_mode to request (default: the service's default mode)",
+    )
     parser.add_argument("--clip-range", nargs=2, type=float, default=[2.0, 60.0])
     parser.add_argument("--clips", type=int, default=32, help="distinct clips (cycled)")
     parser.add_argument("--min-requests", type=int, default=16)

@@ -80,10 +80,14 @@ def batched_ctc_prefix_beam_search(
 
     n_cand = beam * (1 + k)
     cand_index = torch.arange(n_cand, device=device).expand(batch, -1)
+    # Per-frame quantities that do not depend on the beams, for all frames at once.
+    blank_top = top_id == blank_id  # (B, T, k)
+    blank_lp_all = top_lp.masked_fill(~blank_top, _NEG_INF).amax(2)  # (B, T)
+    ext_pb = torch.full((batch, beam * k), _NEG_INF, dtype=torch.float64, device=device)
+    shortest = int(lengths.min()) if batch else 0
     for t in range(frames):
-        lp, ids = top_lp[:, t], top_id[:, t]  # (B, k)
-        is_blank = ids == blank_id
-        blank_lp = torch.where(is_blank, lp, torch.full_like(lp, _NEG_INF)).amax(1)  # (B,)
+        lp, ids, is_blank = top_lp[:, t], top_id[:, t], blank_top[:, t]  # (B, k)
+        blank_lp = blank_lp_all[:, t]
         total = torch.logaddexp(pb, pnb)  # (B, K)
         # lp of each prefix's last token when that token is among the top-k, else -inf.
         same = ids.unsqueeze(1) == last.unsqueeze(2)  # (B, K, k)
@@ -96,8 +100,8 @@ def batched_ctc_prefix_beam_search(
         ext_pnb = ext_pnb.masked_fill(is_blank.unsqueeze(1), _NEG_INF)
         ext_hash = hashes.unsqueeze(2) * _HASH_MUL + ids.unsqueeze(1) + 1
 
-        cand_pb = torch.cat([stay_pb, torch.full_like(ext_pnb, _NEG_INF).flatten(1)], 1)
-        cand_pnb = torch.cat([stay_pnb, ext_pnb.flatten(1)], 1)
+        # pb then pnb of every candidate, merged in one segmented log-sum-exp.
+        cand_scores = torch.cat([stay_pb, ext_pb, stay_pnb, ext_pnb.flatten(1)], 1)
         cand_hash = torch.cat([hashes, ext_hash.flatten(1)], 1)  # (B, N)
         # Merge candidates that name the same prefix: sort by hash, number the runs.
         sorted_hash, order = cand_hash.sort(dim=1, stable=True)
@@ -105,8 +109,8 @@ def batched_ctc_prefix_beam_search(
         new_run[:, 1:] = sorted_hash[:, 1:] != sorted_hash[:, :-1]
         seg_sorted = new_run.long().cumsum(1) - 1
         seg = torch.empty_like(seg_sorted).scatter_(1, order, seg_sorted)
-        m_pb = _segment_logsumexp(cand_pb, seg, n_cand)
-        m_pnb = _segment_logsumexp(cand_pnb, seg, n_cand)
+        merged = _segment_logsumexp(cand_scores, torch.cat([seg, seg + n_cand], 1), 2 * n_cand)
+        m_pb, m_pnb = merged[:, :n_cand], merged[:, n_cand:]
         # Each run's first candidate stands for the merged prefix.
         rep = torch.full((batch, n_cand), n_cand, dtype=torch.long, device=device)
         rep = rep.scatter_reduce(1, seg, cand_index, reduce="amin", include_self=True)
@@ -118,15 +122,22 @@ def batched_ctc_prefix_beam_search(
         parent = torch.where(is_ext, (src - beam) // k, src)
         token = torch.where(is_ext, ids.gather(1, ((src - beam) % k).clamp_min(0)), -1)
 
-        active = (t < lengths).unsqueeze(1)  # rows past their length keep their state
-        parents[t] = torch.where(active, parent, beams.unsqueeze(0))
-        emitted[t] = torch.where(active, token, -1)
-        pb = torch.where(active, m_pb.gather(1, pick), pb)
-        pnb = torch.where(active, m_pnb.gather(1, pick), pnb)
         new_last = torch.where(is_ext, token, last.gather(1, parent))
-        last = torch.where(active, new_last, last)
-        new_hash = cand_hash.gather(1, src)
-        hashes = torch.where(active, new_hash, hashes)
+        new_pb, new_pnb, new_hash = (
+            m_pb.gather(1, pick),
+            m_pnb.gather(1, pick),
+            cand_hash.gather(1, src),
+        )
+        if t >= shortest:  # rows past their length keep their state
+            active = (t < lengths).unsqueeze(1)
+            parent = torch.where(active, parent, beams.unsqueeze(0))
+            token = torch.where(active, token, -1)
+            new_pb = torch.where(active, new_pb, pb)
+            new_pnb = torch.where(active, new_pnb, pnb)
+            new_last = torch.where(active, new_last, last)
+            new_hash = torch.where(active, new_hash, hashes)
+        parents[t], emitted[t] = parent, token
+        pb, pnb, last, hashes = new_pb, new_pnb, new_last, new_hash
         del best
 
     final = torch.logaddexp(pb, pnb)
