@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the demo Reverb model on English speech synthesised with espeak-ng.
 
-A seeded, reproducible recipe (CPU only, about 20 minutes on 2 cores):
+A seeded, reproducible recipe (CPU only, about 41 minutes on 2 cores):
 
 1. Every word of a ~130-word vocabulary (numbers, days, months, common verbs and
    nouns, function words and the fillers "um"/"uh") is synthesised once per voice
@@ -10,9 +10,10 @@ A seeded, reproducible recipe (CPU only, about 20 minutes on 2 cores):
 2. Utterances are built by concatenating those word clips with random gaps, so every
    word's true start and end is known. Sentences come from a small grammar; verbatim
    transcripts keep inserted fillers and repeated words, non-verbatim ones drop them.
-   Light white noise is added.
+   They are assembled afresh for every training pool (new gaps, white noise level,
+   gain and speed perturbation), so no waveform repeats.
 3. A SentencePiece BPE model and Reverb's unit table are built from the transcripts,
-   global CMVN from the training features.
+   global CMVN from the first pool's features.
 4. A small model with reverb_asr_v1's config structure (conformer encoder with
    language-specific layers, ``lslbitransformer`` decoder, cat_emb length 2,
    pass_cat_emb) is trained with CTC + attention loss. Verbatim targets train with
@@ -321,8 +322,13 @@ def assemble(
     gap: tuple[float, float] = (0.05, 0.3),
     snr_db: tuple[float, float] = (22.0, 40.0),
     lead: tuple[float, float] = (0.1, 0.4),
+    speed: float = 1.0,
 ) -> Utterance:
-    """Concatenate word clips with random gaps; add white noise at a random SNR."""
+    """Concatenate word clips with random gaps; add white noise at a random SNR.
+
+    ``speed`` > 1 plays the result faster (Kaldi-style speed perturbation: tempo and pitch
+    together), which stretches espeak's speed range without more synthesis.
+    """
     pieces: list[np.ndarray] = []
     times: list[tuple[float, float]] = []
     pos = int(rng.uniform(*lead) * SAMPLE_RATE)
@@ -338,6 +344,8 @@ def assemble(
         pos += len(clip)
     pieces.append(np.zeros(int(rng.uniform(*lead) * SAMPLE_RATE), dtype=np.float32))
     audio = np.concatenate(pieces)
+    if speed != 1.0:
+        audio, times = perturb_speed(audio, times, speed)
     speech_rms = float(np.sqrt(np.mean(np.concatenate([lexicon[(voice, w)] for w in words]) ** 2)))
     snr = rng.uniform(*snr_db)
     audio = audio + rng.normal(0, speech_rms / 10 ** (snr / 20), audio.shape).astype(np.float32)
@@ -345,13 +353,25 @@ def assemble(
     return Utterance(words, clean, audio.astype(np.float32), times, voice, {"snr_db": snr})
 
 
+def perturb_speed(
+    audio: np.ndarray, times: list[tuple[float, float]], speed: float
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Resample as if recorded at ``speed`` times the rate (rounded to 1/160)."""
+    import torchaudio
+
+    orig = round(SAMPLE_RATE * speed / 100) * 100
+    wave = torchaudio.functional.resample(torch.from_numpy(audio), orig, SAMPLE_RATE)
+    factor = SAMPLE_RATE / orig
+    return wave.numpy(), [(a * factor, b * factor) for a, b in times]
+
+
 def train_voices(rng: random.Random, n: int) -> list[Voice]:
     return [
         Voice(
             BASE_VOICES[k % len(BASE_VOICES)],
             TRAIN_VARIANTS[(k * 7 + k // len(BASE_VOICES)) % len(TRAIN_VARIANTS)],
-            rng.randint(135, 215),
-            rng.randint(25, 75),
+            rng.randint(120, 250),
+            rng.randint(15, 85),
         )
         for k in range(n)
     ]
@@ -438,7 +458,7 @@ ENCODER = {
     "num_blocks": 4,
     "cnn_module_kernel": 15,
 }
-DECODER = {"attention_heads": 4, "linear_units": 448, "num_blocks": 1, "r_num_blocks": 1}
+DECODER = {"attention_heads": 4, "linear_units": 448, "num_blocks": 2, "r_num_blocks": 1}
 
 
 def _make_test_model():
@@ -454,7 +474,7 @@ def demo_config(num_units: int, timings_adjustment_ms: float) -> dict[str, Any]:
     config["output_dim"] = num_units
     config["encoder_conf"].update(ENCODER)
     config["decoder_conf"].update(DECODER)
-    config["model_conf"]["ctc_weight"] = 0.5
+    config["model_conf"]["ctc_weight"] = 0.4
     return config
 
 
@@ -473,11 +493,59 @@ def build_model(out: Path, config: dict[str, Any]) -> torch.nn.Module:
 
 @dataclass
 class Example:
-    feats: torch.Tensor  # (T, 80) float16
-    verbatim: list[int]
-    nonverbatim: list[int]
-    verbatim_frames: torch.Tensor  # per encoder frame: token at each word's onset, else blank
-    nonverbatim_frames: torch.Tensor
+    feats: torch.Tensor  # (T, 80) float32
+    target: list[int]  # token ids + 1 (0 is <blank>)
+    frames: torch.Tensor  # per encoder frame: token at each word's onset, else blank
+    style: list[float]  # cat_emb: [1, 0] verbatim, [0, 1] non-verbatim
+
+
+class ExampleStream:
+    """Fresh training examples, one pool at a time, from the seeded sentence plan.
+
+    Every pool re-assembles its sentences with new gaps, noise level, gain and speed
+    perturbation and a random transcript style, so the model never sees the same
+    waveform twice although each (voice, word) clip is synthesised only once. The
+    stream is deterministic in ``seed``.
+    """
+
+    def __init__(
+        self,
+        plan: list[tuple[list[str], list[str], Voice]],
+        lexicon: dict,
+        sp: Any,
+        seed: int,
+        pool_size: int = 400,
+    ) -> None:
+        self.plan, self.lexicon, self.sp = plan, lexicon, sp
+        self.seed, self.pool_size = seed, pool_size
+
+    def pool(self, k: int) -> list[Example]:
+        rng = random.Random(self.seed * 1000 + k)
+        nrng = np.random.default_rng(self.seed * 1000 + k)
+        start = (k * self.pool_size) % len(self.plan)
+        items = (self.plan + self.plan)[start : start + self.pool_size]
+        out = []
+        for verbatim_words, clean, voice in items:
+            speed = 1.0 if rng.random() < 0.4 else rng.choice(SPEEDS)
+            snr = (22.0, 40.0) if rng.random() < 0.8 else (4.0, 22.0)
+            utt = assemble(
+                verbatim_words, clean, voice, self.lexicon, nrng, speed=speed, snr_db=snr
+            )
+            out.append(self.example(utt, verbatim=rng.random() < 0.5))
+        return out
+
+    def example(self, utt: Utterance, verbatim: bool) -> Example:
+        feats = fbank(utt.audio)
+        words = utt.verbatim if verbatim else utt.nonverbatim
+        return Example(
+            feats,
+            [i + 1 for i in self.sp.encode(" ".join(words))],
+            onset_labels(utt, self.sp, encoder_frames(feats.shape[0]), verbatim=verbatim),
+            [1.0, 0.0] if verbatim else [0.0, 1.0],
+        )
+
+
+SPEEDS = (0.9, 0.95, 1.05, 1.1, 1.15, 1.2, 1.3)
 
 
 def encoder_frames(num_feats: int) -> int:
@@ -534,6 +602,23 @@ def make_batches(examples: list[Example], max_frames: int, rng: random.Random) -
     return batches
 
 
+def collate(examples: list[Example], fill: torch.Tensor, gen: torch.Generator) -> dict[str, Any]:
+    from torch.nn.utils.rnn import pad_sequence
+
+    feats = [spec_augment(e.feats, fill, gen) for e in examples]
+    return {
+        "feats": pad_sequence(feats, batch_first=True),
+        "feats_lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.int32),
+        "target": pad_sequence(
+            [torch.tensor(e.target) for e in examples], batch_first=True, padding_value=-1
+        ),
+        "target_lengths": torch.tensor([len(e.target) for e in examples], dtype=torch.int32),
+        "cat_embs": torch.tensor([e.style for e in examples]),
+        "langs": ["en"] * len(examples),
+        "tasks": ["transcribe"] * len(examples),
+    }
+
+
 def forward_with_onsets(
     model: torch.nn.Module, data: dict[str, Any], frames: list[torch.Tensor], ce_weight: float
 ) -> dict[str, torch.Tensor]:
@@ -560,9 +645,30 @@ def forward_with_onsets(
     return {"loss": loss, "loss_ctc": loss_ctc, "loss_att": loss_att, "th_accuracy": acc}
 
 
+def greedy_wer(model: torch.nn.Module, examples: list[Example], sp: Any) -> float:
+    """CTC greedy WER of a validation set: a cheap progress signal while training."""
+    import jiwer
+    from torch.nn.utils.rnn import pad_sequence
+
+    model.eval()
+    with torch.inference_mode():
+        feats = pad_sequence([e.feats for e in examples], batch_first=True)
+        lens = torch.tensor([e.feats.shape[0] for e in examples], dtype=torch.int32)
+        styles = torch.tensor([e.style for e in examples])
+        enc, mask = model.encoder(feats, lens, cat_embs=styles)
+        best = model.ctc.log_softmax(enc).argmax(-1)
+    model.train()
+    refs, hyps = [], []
+    for e, row, n in zip(examples, best, mask.squeeze(1).sum(1), strict=True):
+        ids = [int(t) for k, t in enumerate(row[:n]) if t != 0 and (k == 0 or t != row[k - 1])]
+        refs.append(sp.decode([t - 1 for t in e.target]))
+        hyps.append(sp.decode([t - 1 for t in ids]) or "<empty>")
+    return float(jiwer.wer(refs, hyps))
+
+
 def train(
     model: torch.nn.Module,
-    examples: list[Example],
+    stream: ExampleStream,
     *,
     steps: int,
     seed: int,
@@ -572,9 +678,9 @@ def train(
     fill: torch.Tensor,
     ce_weight: float = 0.2,
     log_every: int = 50,
+    validation: dict[str, list[Example]] | None = None,
+    validate_every: int = 250,
 ) -> None:
-    from torch.nn.utils.rnn import pad_sequence
-
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -588,50 +694,49 @@ def train(
         frac = (step - warmup) / max(steps - warmup, 1)
         return peak_lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    step, t0 = 0, time.time()
-    epoch = 0
-    while step < steps:
-        batches = make_batches(examples, max_frames, rng)
-        if epoch == 0:  # SortaGrad: the first epoch runs short utterances first
-            batches.sort(key=lambda b: max(examples[i].feats.shape[0] for i in b))
-        epoch += 1
-        for batch in batches:
-            if step >= steps:
-                break
-            feats, targets, styles, frames = [], [], [], []
-            for i in batch:
-                ex = examples[i]
-                verbatim = rng.random() < 0.5
-                frames.append(ex.verbatim_frames if verbatim else ex.nonverbatim_frames)
-                feats.append(spec_augment(ex.feats.float(), fill, gen))
-                targets.append(torch.tensor(ex.verbatim if verbatim else ex.nonverbatim))
-                styles.append([1.0, 0.0] if verbatim else [0.0, 1.0])
-            data = {
-                "feats": pad_sequence(feats, batch_first=True),
-                "feats_lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.int32),
-                "target": pad_sequence(targets, batch_first=True, padding_value=-1),
-                "target_lengths": torch.tensor([len(t) for t in targets], dtype=torch.int32),
-                "cat_embs": torch.tensor(styles),
-                "langs": ["en"] * len(batch),
-                "tasks": ["transcribe"] * len(batch),
-            }
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            out = forward_with_onsets(model, data, frames, ce_weight)
-            opt.zero_grad()
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            step += 1
-            if step % log_every == 0 or step == 1:
-                print(
-                    f"step {step}/{steps} loss {out['loss'].item():.3f} "
-                    f"ctc {out['loss_ctc'].item():.3f} att {out['loss_att'].item():.3f} "
-                    f"ctc/token {out['loss_ctc'].item() / np.mean([len(t) for t in targets]):.2f} "
-                    f"acc {float(out['th_accuracy']):.3f} lr {lr_at(step):.2e} "
-                    f"{time.time() - t0:.0f}s",
-                    flush=True,
-                )
+    step, t0, k = 0, time.time(), 0
+    # The next pool is assembled on the other core while this one trains.
+    with ThreadPoolExecutor(1) as prefetch:
+        upcoming = prefetch.submit(stream.pool, 0)
+        while step < steps:
+            examples = upcoming.result()
+            upcoming = prefetch.submit(stream.pool, k + 1)
+            batches = make_batches(examples, max_frames, rng)
+            if k == 0:  # SortaGrad: the first pool runs short utterances first
+                batches.sort(key=lambda b: max(examples[i].feats.shape[0] for i in b))
+            k += 1
+            for batch in batches:
+                if step >= steps:
+                    break
+                chosen = [examples[i] for i in batch]
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
+                data = collate(chosen, fill, gen)
+                out = forward_with_onsets(model, data, [e.frames for e in chosen], ce_weight)
+                opt.zero_grad()
+                out["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                step += 1
+                if step % log_every == 0 or step == 1:
+                    n_tok = np.mean([len(e.target) for e in chosen])
+                    print(
+                        f"step {step}/{steps} loss {out['loss'].item():.3f} "
+                        f"ctc {out['loss_ctc'].item():.3f} att {out['loss_att'].item():.3f} "
+                        f"ctc/token {out['loss_ctc'].item() / n_tok:.2f} "
+                        f"acc {float(out['th_accuracy']):.3f} lr {lr_at(step):.2e} "
+                        f"{time.time() - t0:.0f}s",
+                        flush=True,
+                    )
+                if validation and (step % validate_every == 0 or step == steps):
+                    wers = {
+                        name: greedy_wer(model, exs, stream.sp) for name, exs in validation.items()
+                    }
+                    print(
+                        f"step {step}: greedy WER "
+                        + " ".join(f"{name} {w:.3f}" for name, w in wers.items()),
+                        flush=True,
+                    )
     model.eval()
 
 
@@ -727,6 +832,9 @@ def calibrate_timings(out: Path, lexicon: dict, voices: list[Voice], seed: int) 
         for block in sm.get_matching_blocks():
             for k in range(block.size):
                 lags.append(r.words[block.b + k].start - u.times[block.a + k][0])
+    if not lags:
+        print("calibration: no word was recognised; adjustment stays 0", flush=True)
+        return 0.0
     lag_ms = statistics.median(lags) * 1000
     print(f"calibration: median start lag {lag_ms:+.0f} ms over {len(lags)} words", flush=True)
     return float(max(0, round(lag_ms / 10) * 10))
@@ -767,20 +875,44 @@ def training_plan(
     return voices, test_sentences, plan
 
 
+def validation_sets(
+    stream: ExampleStream, test_sentences: list[list[str]], voices: list[Voice], seed: int
+) -> dict[str, list[Example]]:
+    """Progress signals only (nothing is selected on them): the held-out sentences in
+    held-out voices, and fresh grammar sentences in training voices."""
+    rng = random.Random(seed + 5)
+    nrng = np.random.default_rng(seed + 5)
+    held = heldout_voices()
+    heldout = [
+        assemble(s, s, held[k % len(held)], stream.lexicon, nrng)
+        for k, s in enumerate(test_sentences[:24])
+    ]
+    seen = []
+    for _ in range(24):
+        s = sentence(rng)
+        seen.append(assemble(s, s, rng.choice(voices), stream.lexicon, nrng))
+    return {
+        "heldout": [stream.example(u, verbatim=True) for u in heldout],
+        "train-voices": [stream.example(u, verbatim=True) for u in seen],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "demo")
     parser.add_argument("--test-data", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=20240)
-    parser.add_argument("--voices", type=int, default=30, help="training voice settings")
-    parser.add_argument("--utterances", type=int, default=4000)
-    parser.add_argument("--steps", type=int, default=650)
+    parser.add_argument("--voices", type=int, default=60, help="training voice settings")
+    parser.add_argument(
+        "--utterances", type=int, default=40000, help="sentence plan (assembled on the fly)"
+    )
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--max-frames", type=int, default=5000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--vocab-size", type=int, default=200)
-    # One torch thread: on a shared 2-core machine two threads oversubscribe and run
-    # several times slower. espeak-ng runs two processes at a time either way.
-    parser.add_argument("--threads", type=int, default=1)
+    # Two threads gave 1.3x over one on an idle 2-core machine; on a busy one, pass
+    # --threads 1 (oversubscribed threads ran several times slower there).
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--install-espeak", action="store_true")
     parser.add_argument(
         "--test-data-only", action="store_true", help="only (re)write --test-data; no training"
@@ -809,7 +941,6 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    nrng = np.random.default_rng(args.seed)
 
     voices, test_sentences, plan = training_plan(args.seed, args.voices, args.utterances)
     test_voices = heldout_voices() + hard_voices()
@@ -830,32 +961,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lexicon = synthesise_lexicon(voices + test_voices, VOCABULARY, jobs=2)
     print(f"synthesised {len(lexicon)} word clips in {time.time() - t_start:.0f}s", flush=True)
-    utts = [assemble(v, s, voice, lexicon, nrng) for v, s, voice in plan]
-    hours = sum(len(u.audio) for u in utts) / SAMPLE_RATE / 3600
-    print(f"{len(utts)} training utterances ({hours:.2f} h)", flush=True)
-
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)  # keeps README.md
     for stale in out.glob("*.pt"):
         stale.unlink()
-    texts = [" ".join(u.verbatim) for u in utts] + [" ".join(u.nonverbatim) for u in utts]
+    texts = [" ".join(v) for v, _, _ in plan] + [" ".join(c) for _, c, _ in plan]
     sp = write_tokenizer(out, texts, args.vocab_size)
     units = (out / "tk.units.txt").read_text().split("\n")
     num_units = len([u for u in units if u])
-    feats = [fbank(u.audio) for u in utts]
-    write_cmvn(out, feats)
-    examples = [
-        Example(
-            f.half(),
-            [i + 1 for i in sp.encode(" ".join(u.verbatim))],
-            [i + 1 for i in sp.encode(" ".join(u.nonverbatim))],
-            onset_labels(u, sp, encoder_frames(f.shape[0]), verbatim=True),
-            onset_labels(u, sp, encoder_frames(f.shape[0]), verbatim=False),
-        )
-        for f, u in zip(feats, utts, strict=True)
-    ]
-    del feats
-    fill = torch.cat([e.feats.float() for e in examples[:500]]).mean(0)
+    stream = ExampleStream(plan, lexicon, sp, args.seed)
+    first = stream.pool(0)  # CMVN and the SpecAugment fill come from the first pool
+    write_cmvn(out, [e.feats for e in first])
+    fill = torch.cat([e.feats for e in first]).mean(0)
+    validation = validation_sets(stream, test_sentences, voices, args.seed)
     print(f"{num_units} units; features ready at {time.time() - t_start:.0f}s", flush=True)
 
     config = demo_config(num_units, timings_adjustment_ms=0.0)
@@ -868,13 +986,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {params / 1e6:.2f}M parameters", flush=True)
     train(
         model,
-        examples,
+        stream,
         steps=args.steps,
         seed=args.seed,
         max_frames=args.max_frames,
         peak_lr=args.lr,
         warmup=min(args.warmup, args.steps // 5),
         fill=fill,
+        validation=validation,
     )
     write_config(out, config)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}

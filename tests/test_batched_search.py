@@ -39,7 +39,7 @@ def test_prefix_search_equals_wenet(beam, peaky):
 
 
 def test_prefix_search_merges_prefixes_reached_two_ways():
-    """"a" then "a" through a blank is "a a"; without the blank it is one "a". Both
+    """Token 1, blank, token 1 is "1 1"; without the blank it is one "1". Both
     paths into the same prefix must be log-added, as wenet does."""
     p = torch.tensor([[0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]).log()
     ref = search.ctc_prefix_beam_search(p[None], torch.tensor([3]), 3, None, 0)[0]
