@@ -515,9 +515,13 @@ class ExampleStream:
         sp: Any,
         seed: int,
         pool_size: int = 400,
+        long_fraction: float = 0.0,
     ) -> None:
         self.plan, self.lexicon, self.sp = plan, lexicon, sp
         self.seed, self.pool_size = seed, pool_size
+        # Share of utterances that join 3-6 sentences (10-25 s): the engine decodes
+        # 20 s chunks, far longer than one grammar sentence.
+        self.long_fraction = long_fraction
 
     def pool(self, k: int) -> list[Example]:
         rng = random.Random(self.seed * 1000 + k)
@@ -525,7 +529,16 @@ class ExampleStream:
         start = (k * self.pool_size) % len(self.plan)
         items = (self.plan + self.plan)[start : start + self.pool_size]
         out = []
-        for verbatim_words, clean, voice in items:
+        i = 0
+        while i < len(items):
+            n = 1
+            if self.long_fraction > 0 and rng.random() < self.long_fraction:
+                n = rng.randint(3, 6)
+            group = items[i : i + n]
+            i += n
+            verbatim_words = [w for v, _, _ in group for w in v]
+            clean = [w for _, c, _ in group for w in c]
+            voice = group[0][2]
             speed = 1.0 if rng.random() < 0.4 else rng.choice(SPEEDS)
             snr = (22.0, 40.0) if rng.random() < 0.8 else (4.0, 22.0)
             utt = assemble(
@@ -920,6 +933,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, default=None, help="earlier model folder")
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument(
+        "--long-fraction", type=float, default=0.0, help="share of 3-6 sentence utterances"
+    )
+    parser.add_argument(
         "--calibrate-only",
         action="store_true",
         help="only re-measure the trained model's timings adjustment in --out",
@@ -969,7 +985,9 @@ def main(argv: list[str] | None = None) -> int:
     sp = write_tokenizer(out, texts, args.vocab_size)
     units = (out / "tk.units.txt").read_text().split("\n")
     num_units = len([u for u in units if u])
-    stream = ExampleStream(plan, lexicon, sp, args.seed)
+    # A later stage (--init-from) draws different pools from the same plan.
+    stream_seed = args.seed + (1000 if args.init_from else 0)
+    stream = ExampleStream(plan, lexicon, sp, stream_seed, long_fraction=args.long_fraction)
     first = stream.pool(0)  # CMVN and the SpecAugment fill come from the first pool
     write_cmvn(out, [e.feats for e in first])
     fill = torch.cat([e.feats for e in first]).mean(0)

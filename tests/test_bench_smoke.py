@@ -1,5 +1,6 @@
-"""The benchmark scripts still run: a seconds-long engine sweep and the GPU script's
-CPU smoke mode, both on the tiny model. Numbers are not checked, only their shape."""
+"""The benchmark scripts still run: a seconds-long engine sweep, the search A/B and the
+GPU script's CPU smoke mode, all on the tiny model. Speeds are not checked, only the
+shape of the results (and, in the A/B, that both searches agree)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def test_gpu_bench_smoke(tiny_model_dir, tmp_path):
     assert {c["precision"] for c in result["cells"]} == {"fp32", "bf16"}
     assert all(c["errors"] == 0 and c["rtfx"] > 0 for c in result["cells"])
     assert "| ctc_greedy_search |" in (tmp_path / "gpu_bench.md").read_text()
+
+
+def test_search_ab_runs_and_both_searches_agree(tiny_model_dir, tmp_path):
+    ab = _load("search_ab")
+    out = tmp_path / "ab.md"
+    argv = ["--model", str(tiny_model_dir), "--batch-sizes", "3", "--rounds", "1"]
+    argv += ["--clip-seconds", "2", "--beam-size", "4", "--md", str(out)]
+    assert ab.main(argv) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ctc_")]
+    rows += [line for line in out.read_text().splitlines() if line.startswith("| attention_")]
+    assert len(rows) == 2
+    assert all(line.rstrip(" |").endswith("3/3") for line in rows)
