@@ -941,6 +941,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only re-measure the trained model's timings adjustment in --out",
     )
     args = parser.parse_args(argv)
+    if args.init_from and Path(args.init_from).resolve() == args.out.resolve():
+        raise SystemExit("--init-from must differ from --out (the .pt in --out is replaced)")
     recipe = {
         "seed": args.seed,
         "voices": args.voices,
@@ -989,7 +991,10 @@ def main(argv: list[str] | None = None) -> int:
     stream_seed = args.seed + (1000 if args.init_from else 0)
     stream = ExampleStream(plan, lexicon, sp, stream_seed, long_fraction=args.long_fraction)
     first = stream.pool(0)  # CMVN and the SpecAugment fill come from the first pool
-    write_cmvn(out, [e.feats for e in first])
+    if args.init_from:  # the checkpoint carries stage 1's CMVN: keep the file in step
+        shutil.copy(Path(args.init_from) / "global_cmvn", out / "global_cmvn")
+    else:
+        write_cmvn(out, [e.feats for e in first])
     fill = torch.cat([e.feats for e in first]).mean(0)
     validation = validation_sets(stream, test_sentences, voices, args.seed)
     print(f"{num_units} units; features ready at {time.time() - t_start:.0f}s", flush=True)
