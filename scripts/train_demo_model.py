@@ -935,6 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--long-fraction", type=float, default=0.0, help="share of 3-6 sentence utterances"
     )
+    parser.add_argument("--stage", type=int, default=None, help="picks the pools' seed")
     parser.add_argument(
         "--calibrate-only",
         action="store_true",
@@ -987,8 +988,10 @@ def main(argv: list[str] | None = None) -> int:
     sp = write_tokenizer(out, texts, args.vocab_size)
     units = (out / "tk.units.txt").read_text().split("\n")
     num_units = len([u for u in units if u])
-    # A later stage (--init-from) draws different pools from the same plan.
-    stream_seed = args.seed + (1000 if args.init_from else 0)
+    # Each stage draws different pools from the same plan (stage 2 by default with
+    # --init-from; pass --stage 3 and up for further continuations).
+    stage = args.stage or (2 if args.init_from else 1)
+    stream_seed = args.seed + 1000 * (stage - 1)
     stream = ExampleStream(plan, lexicon, sp, stream_seed, long_fraction=args.long_fraction)
     first = stream.pool(0)  # CMVN and the SpecAugment fill come from the first pool
     if args.init_from:  # the checkpoint carries stage 1's CMVN: keep the file in step
