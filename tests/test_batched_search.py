@@ -81,3 +81,37 @@ def test_batched_rescoring_equals_wenet(tiny_model, synth, reverse_weight):
     for r, g in zip(ref, got, strict=True):
         assert g.tokens == list(r.tokens)
         assert g.confidences == pytest.approx(r.tokens_confidence, abs=1e-4)
+
+
+def test_batched_rescoring_handles_an_empty_hypothesis(tiny_model, synth):
+    """An n-best list may hold the empty prefix (nothing said); it scores <eos> only."""
+    from serve_app.engine.prefix_search import PrefixNbest
+
+    m = tiny_model
+    feats = BatchDecoder(m).features(synth(2.0, seed=3))[None]
+    cat = torch.tensor([[1.0, 0.0]])
+    with torch.inference_mode():
+        enc, mask = m.model._forward_encoder(
+            feats, torch.tensor([feats.shape[1]], dtype=torch.int32), -1, -1, False, cat_embs=cat
+        )
+        enc_lens = mask.squeeze(1).sum(1)
+        nbest = PrefixNbest([(), (5, 7), (5,)], [-1.0, -1.5, -2.0])
+        prefix = search.DecodeResult(
+            tokens=[],
+            nbest=[[], [5, 7], [5]],
+            nbest_scores=[-1.0, -1.5, -2.0],
+            nbest_times=[[]] * 3,
+        )
+        ref = search.attention_rescoring(
+            m.model,
+            [prefix],
+            enc,
+            enc_lens,
+            0.5,
+            0.0,
+            {"tasks": ["transcribe"], "langs": ["en"]},
+            cat_embs=cat.expand(3, -1),
+        )[0]
+        (got,) = batched_attention_rescoring(m.model, [nbest], enc, enc_lens, cat, 0.5, 0.0)
+    assert got.tokens == list(ref.tokens)
+    assert got.confidences == pytest.approx(ref.tokens_confidence, abs=1e-4)

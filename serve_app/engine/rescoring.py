@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from serve_app.engine.prefix_search import PrefixNbest
@@ -91,23 +92,25 @@ def _token_log_probs(
     sos, eos = model.sos_symbol(), model.eos_symbol()
     own = torch.tensor(owners, device=device)
     lens = torch.tensor([len(h) for h in hyps], device=device)
-    width = int(lens.max()) + 1
-    ys_in = torch.full((len(hyps), width), eos, dtype=torch.long, device=device)
-    r_ys_in = ys_in.clone()
-    target = torch.full_like(ys_in, 0)
-    r_target = torch.full_like(ys_in, 0)
+    # Token tables are filled in numpy and copied to the device once, not per hypothesis.
+    width = max(len(h) for h in hyps) + 1
+    ys_in = np.full((len(hyps), width), eos, dtype=np.int64)
+    r_ys_in = ys_in.copy()
+    target = np.zeros_like(ys_in)
+    r_target = np.zeros_like(ys_in)
     ys_in[:, 0] = sos
     r_ys_in[:, 0] = sos
     for i, h in enumerate(hyps):
         n = len(h)
-        if n:
-            seq = torch.tensor(h, device=device)
-            ys_in[i, 1 : n + 1] = seq
-            r_ys_in[i, 1 : n + 1] = seq.flip(0)
-            target[i, :n] = seq
-            r_target[i, :n] = seq.flip(0)
+        ys_in[i, 1 : n + 1] = h
+        r_ys_in[i, 1 : n + 1] = h[::-1]
+        target[i, :n] = h
+        r_target[i, :n] = h[::-1]
         target[i, n] = eos
         r_target[i, n] = eos
+    ys_in, r_ys_in, target, r_target = (
+        torch.from_numpy(a).to(device) for a in (ys_in, r_ys_in, target, r_target)
+    )
     frames = int(encoder_lens[own].max())
     memory = encoder_out[own, :frames]
     memory_mask = (torch.arange(frames, device=device) < encoder_lens[own].unsqueeze(1)).unsqueeze(
