@@ -54,8 +54,8 @@ def waveform(name: str) -> np.ndarray:
     return as_waveform((DATA_DIR / name).read_bytes())
 
 
-# Issue 4 is open: the committed demo model is undertrained (held-out WER 19-22%,
-# long-form 41-43%, filler recall 36%). These tests keep measuring the targets; they are
+# Issue 4 is open: the committed demo model is undertrained (held-out WER 8-18%,
+# long-form 27-31%, filler recall 57%). These tests keep measuring the targets; they are
 # expected to fail until the model is trained longer (models/demo/README.md).
 UNDERTRAINED = pytest.mark.xfail(
     reason="issue 4 open: demo model undertrained; targets not yet met", strict=False
