@@ -325,32 +325,28 @@ def report_md(result: dict) -> str:
         f"{cfg['profile_batch']} clips; share of the profiled decode):",
         "",
     ]
-    rows = []
-    for mode, prof in result["profile"].items():
-        st = prof["stages_s"]
-        total = st["total"] or 1.0
-        rows.append(
-            [mode]
-            + [f"{100 * st[s] / total:.1f}%" for s in [*STAGES, "other"]]
-            + [f"{prof['profiled_s'] / prof['unprofiled_s']:.2f}x"]
-        )
-    parts += [md_table(["mode", *STAGES, "other", "profiler overhead"], rows), ""]
+    parts += [_stage_table(result, "stages_s", "profiled_s", "profiler overhead"), ""]
     parts += [
         "Same batch, wall-clock timers wrapped around the same functions (share of the "
         "timed decode; overhead = timed / unprofiled wall):",
         "",
     ]
+    parts += [_stage_table(result, "timer_stages_s", "timed_s", "timer overhead"), ""]
+    return "\n".join(parts)
+
+
+def _stage_table(result: dict, stages_key: str, wall_key: str, overhead: str) -> str:
+    """Share of each stage per mode, and the measuring method's overhead."""
     rows = []
     for mode, prof in result["profile"].items():
-        st = prof["timer_stages_s"]
+        st = prof[stages_key]
         total = st["total"] or 1.0
         rows.append(
             [mode]
             + [f"{100 * st[s] / total:.1f}%" for s in [*STAGES, "other"]]
-            + [f"{prof['timed_s'] / prof['unprofiled_s']:.2f}x"]
+            + [f"{prof[wall_key] / prof['unprofiled_s']:.2f}x"]
         )
-    parts += [md_table(["mode", *STAGES, "other", "timer overhead"], rows), ""]
-    return "\n".join(parts)
+    return md_table(["mode", *STAGES, "other", overhead], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
