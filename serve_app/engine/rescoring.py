@@ -42,26 +42,18 @@ def batched_attention_rescoring(
     owners = [b for b, nb in enumerate(nbests) for _ in nb.hyps]
     hyps = [h for nb in nbests for h in nb.hyps]
     ctc_scores = [s for nb in nbests for s in nb.scores]
-    fwd: list[torch.Tensor] = []
-    rev: list[torch.Tensor] = []
+    scores: list[float] = []
+    conf_rows: list[list[float]] = []
     for start in range(0, len(hyps), MAX_HYPS_PER_FORWARD):
         sl = slice(start, start + MAX_HYPS_PER_FORWARD)
-        f, r = _token_log_probs(
+        logp, r_logp, lens = _token_log_probs(
             model, hyps[sl], owners[sl], encoder_out, encoder_lens, cat_embs, reverse_weight
         )
-        fwd.extend(f)
-        rev.extend(r)
+        s, c = _scores_and_confidences(logp, r_logp, lens, reverse_weight)
+        scores += s
+        conf_rows += c
     best: list[tuple[float, int] | None] = [None] * len(nbests)
-    confidences: list[list[float]] = []
-    for h, hyp in enumerate(hyps):
-        score = float(fwd[h].sum())
-        conf = fwd[h][: len(hyp)].exp()
-        if reverse_weight > 0 and rev[h] is not None:
-            r_scores = rev[h]
-            score = score * (1 - reverse_weight) + float(r_scores.sum()) * reverse_weight
-            # rev[h][j] scores the token at position len-1-j of the hypothesis.
-            conf = (conf + r_scores[: len(hyp)].flip(0).exp()) / 2
-        confidences.append(conf.tolist())
+    for h, score in enumerate(scores):
         score += ctc_scores[h] * ctc_weight
         b = owners[h]
         if best[b] is None or score > best[b][0]:
@@ -72,8 +64,30 @@ def batched_attention_rescoring(
             out.append(Rescored([], []))
             continue
         h = entry[1]
-        out.append(Rescored(list(hyps[h]), confidences[h]))
+        out.append(Rescored(list(hyps[h]), conf_rows[h]))
     return out
+
+
+def _scores_and_confidences(
+    logp: torch.Tensor, r_logp: torch.Tensor | None, lens: torch.Tensor, reverse_weight: float
+) -> tuple[list[float], list[list[float]]]:
+    """wenet's decoder score and per-token confidences of every hypothesis at once.
+
+    ``logp[i, j]`` is the log-probability of token j (then <eos> at j = len); the
+    right-to-left row scores the reversed hypothesis, so its token j is at len-1-j.
+    """
+    positions = torch.arange(logp.shape[1], device=logp.device)
+    scored = positions <= lens.unsqueeze(1)  # the tokens and <eos>
+    score = logp.masked_fill(~scored, 0.0).sum(1)
+    conf = logp.exp()
+    if r_logp is not None:
+        r_score = r_logp.masked_fill(~scored, 0.0).sum(1)
+        score = score * (1 - reverse_weight) + r_score * reverse_weight
+        mirror = (lens.unsqueeze(1) - 1 - positions).clamp_min(0)
+        conf = (conf + r_logp.gather(1, mirror).exp()) / 2
+    conf_np = conf.cpu().numpy()
+    n = lens.tolist()
+    return score.tolist(), [conf_np[i, : n[i]].tolist() for i in range(len(n))]
 
 
 def _token_log_probs(
@@ -84,10 +98,9 @@ def _token_log_probs(
     encoder_lens: torch.Tensor,
     cat_embs: torch.Tensor | None,
     reverse_weight: float,
-) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """Per hypothesis: log p of each token then <eos>, left-to-right and right-to-left."""
-    if not hyps:
-        return [], []
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(hyps x len+1) log p of each token then <eos>, left-to-right and right-to-left
+    (None when ``reverse_weight`` is 0), and the hypotheses' lengths."""
     device = encoder_out.device
     sos, eos = model.sos_symbol(), model.eos_symbol()
     own = torch.tensor(owners, device=device)
@@ -124,11 +137,9 @@ def _token_log_probs(
     else:
         out, r_out, _ = model.decoder(memory, memory_mask, ys_in, lens + 1, r_ys_in, reverse_weight)
     logp = _target_log_probs(out, target)
-    fwd = [logp[i, : len(h) + 1] for i, h in enumerate(hyps)]
     if reverse_weight > 0 and r_out.dim() > 0:
-        r_logp = _target_log_probs(r_out, r_target)
-        return fwd, [r_logp[i, : len(h) + 1] for i, h in enumerate(hyps)]
-    return fwd, [None] * len(hyps)
+        return logp, _target_log_probs(r_out, r_target), lens
+    return logp, None, lens
 
 
 def _target_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
