@@ -66,7 +66,6 @@ def batched_ctc_prefix_beam_search(
     lengths = lengths.to(device)
     top_lp, top_id = log_probs.topk(k, dim=-1)  # (B, T, k)
     top_lp = top_lp.double()
-    rows = torch.arange(batch, device=device)
     beams = torch.arange(beam, device=device)
 
     # State per (row, beam). Every slot starts as the empty prefix; only slot 0 counts.
@@ -116,7 +115,7 @@ def batched_ctc_prefix_beam_search(
         rep = rep.scatter_reduce(1, seg, cand_index, reduce="amin", include_self=True)
         score = torch.logaddexp(m_pb, m_pnb)
         score = score.masked_fill(rep == n_cand, _NEG_INF)  # unused run slots
-        best, pick = score.topk(beam, dim=1)  # (B, K)
+        pick = score.topk(beam, dim=1).indices  # (B, K)
         src = rep.gather(1, pick).clamp_max(n_cand - 1)  # candidate index
         is_ext = src >= beam
         parent = torch.where(is_ext, (src - beam) // k, src)
@@ -138,11 +137,10 @@ def batched_ctc_prefix_beam_search(
             new_hash = torch.where(active, new_hash, hashes)
         parents[t], emitted[t] = parent, token
         pb, pnb, last, hashes = new_pb, new_pnb, new_last, new_hash
-        del best
 
     final = torch.logaddexp(pb, pnb)
     order = final.argsort(dim=1, descending=True, stable=True)
-    return _backtrack(parents, emitted, order, final, rows)
+    return _backtrack(parents, emitted, order, final)
 
 
 def _backtrack(
@@ -150,7 +148,6 @@ def _backtrack(
     emitted: torch.Tensor,
     order: torch.Tensor,
     final: torch.Tensor,
-    rows: torch.Tensor,
 ) -> list[PrefixNbest]:
     """Token sequences of the final beams, read from per-frame parents and tokens.
 
@@ -161,7 +158,7 @@ def _backtrack(
     slots = order.cpu().numpy()
     scores = final.gather(1, order).cpu().numpy()
     frames, batch, _ = parents_np.shape
-    r = rows.cpu().numpy()[:, None]
+    r = np.arange(batch)[:, None]
     tokens = np.empty((frames, *slots.shape), dtype=np.int64)
     for t in range(frames - 1, -1, -1):
         tokens[t] = emitted_np[t, r, slots]
