@@ -54,9 +54,10 @@ def waveform(name: str) -> np.ndarray:
     return as_waveform((DATA_DIR / name).read_bytes())
 
 
-# Issue 4 is open: the committed demo model is undertrained (held-out WER 8-18%,
-# long-form 27-31%, filler recall 57%). These tests keep measuring the targets; they are
-# expected to fail until the model is trained longer (models/demo/README.md).
+# Issue 4 is open: the committed demo model is still undertrained for some targets
+# (held-out WER 6.4% prefix beam, 10.5% attention; long-form 22-25%; filler recall 86%).
+# Those tests keep measuring the targets and are expected to fail until the model is
+# trained longer (models/demo/README.md); the targets it meets are plain tests.
 UNDERTRAINED = pytest.mark.xfail(
     reason="issue 4 open: demo model undertrained; targets not yet met", strict=False
 )
@@ -156,9 +157,12 @@ def test_heldout_sentences_were_not_trained_on():
 
 @pytest.mark.parametrize(
     ("mode", "limit"),
-    [("ctc_prefix_beam_search", 0.05), ("attention_rescoring", 0.05), ("attention", 0.10)],
+    [
+        pytest.param("ctc_prefix_beam_search", 0.05, marks=UNDERTRAINED),
+        ("attention_rescoring", 0.05),
+        pytest.param("attention", 0.10, marks=UNDERTRAINED),
+    ],
 )
-@UNDERTRAINED
 def test_heldout_wer(transcriber, mode, limit):
     hyps = [t.text for t in decode_set(transcriber, "heldout", decoding_mode=mode)]
     refs = [c["text"] for c in clips("heldout")]
