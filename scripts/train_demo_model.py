@@ -540,9 +540,9 @@ class ExampleStream:
         items = (self.plan + self.plan)[start : start + self.pool_size]
         out = []
         i = 0
+        long_ok = self.long_fraction > 0 and k >= self.long_from_pool
         while i < len(items):
             n = 1
-            long_ok = self.long_fraction > 0 and k >= self.long_from_pool
             if long_ok and rng.random() < self.long_fraction:
                 n = rng.randint(3, 6)
             group = items[i : i + n]

@@ -43,7 +43,7 @@ def batched_attention_rescoring(
     hyps = [h for nb in nbests for h in nb.hyps]
     ctc_scores = [s for nb in nbests for s in nb.scores]
     scores: list[float] = []
-    conf_rows: list[list[float]] = []
+    conf_tables: list[np.ndarray] = []  # one (hyps x width) table per decoder forward
     for start in range(0, len(hyps), MAX_HYPS_PER_FORWARD):
         sl = slice(start, start + MAX_HYPS_PER_FORWARD)
         logp, r_logp, lens = _token_log_probs(
@@ -51,7 +51,7 @@ def batched_attention_rescoring(
         )
         s, c = _scores_and_confidences(logp, r_logp, lens, reverse_weight)
         scores += s
-        conf_rows += c
+        conf_tables.append(c)
     best: list[tuple[float, int] | None] = [None] * len(nbests)
     for h, score in enumerate(scores):
         score += ctc_scores[h] * ctc_weight
@@ -64,13 +64,16 @@ def batched_attention_rescoring(
             out.append(Rescored([], []))
             continue
         h = entry[1]
-        out.append(Rescored(list(hyps[h]), conf_rows[h]))
+        # Only the chosen hypothesis' confidences become Python floats.
+        table = conf_tables[h // MAX_HYPS_PER_FORWARD]
+        conf = table[h % MAX_HYPS_PER_FORWARD, : len(hyps[h])].tolist()
+        out.append(Rescored(list(hyps[h]), conf))
     return out
 
 
 def _scores_and_confidences(
     logp: torch.Tensor, r_logp: torch.Tensor | None, lens: torch.Tensor, reverse_weight: float
-) -> tuple[list[float], list[list[float]]]:
+) -> tuple[list[float], np.ndarray]:
     """wenet's decoder score and per-token confidences of every hypothesis at once.
 
     ``logp[i, j]`` is the log-probability of token j (then <eos> at j = len); the
@@ -85,9 +88,7 @@ def _scores_and_confidences(
         score = score * (1 - reverse_weight) + r_score * reverse_weight
         mirror = (lens.unsqueeze(1) - 1 - positions).clamp_min(0)
         conf = (conf + r_logp.gather(1, mirror).exp()) / 2
-    conf_np = conf.cpu().numpy()
-    n = lens.tolist()
-    return score.tolist(), [conf_np[i, : n[i]].tolist() for i in range(len(n))]
+    return score.tolist(), conf.cpu().numpy()
 
 
 def _token_log_probs(
