@@ -8,7 +8,7 @@ PIP_QUIET ?= -q
 # Lint only the source folders that exist (bench/ and examples/ arrive with later issues).
 LINT_PATHS := $(wildcard serve_app tests scripts bench examples)
 
-.PHONY: run test lint format lock tiny-model full-size-model clean-venv
+.PHONY: run test lint format lock tiny-model full-size-model demo-model clean-venv
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.10+ or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -48,6 +48,19 @@ tiny-model: $(STAMP)
 
 full-size-model: $(STAMP)
 	$(PY) scripts/make_test_model.py full --out models/full_size
+
+# Rebuilds models/demo and tests/data/demo with the four-stage recipe (about 2 hours on
+# 2 cores; needs espeak-ng). Each stage continues from the previous one's folder.
+DEMO_WORK ?= /tmp/reverb-demo-model
+TRAIN_DEMO := $(PY) scripts/train_demo_model.py
+demo-model: $(STAMP)
+	$(TRAIN_DEMO) --out $(DEMO_WORK)/stage1
+	$(TRAIN_DEMO) --out $(DEMO_WORK)/stage2 --init-from $(DEMO_WORK)/stage1 \
+		--steps 1400 --lr 1e-3 --warmup 20 --long-fraction 0.15
+	$(TRAIN_DEMO) --out $(DEMO_WORK)/stage3 --init-from $(DEMO_WORK)/stage2 --stage 3 \
+		--steps 1400 --lr 7e-4 --warmup 20 --long-fraction 0.15
+	$(TRAIN_DEMO) --out models/demo --test-data tests/data/demo --init-from $(DEMO_WORK)/stage3 \
+		--stage 4 --steps 1200 --lr 5e-4 --warmup 20 --long-fraction 0.5
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Train the demo Reverb model on English speech synthesised with espeak-ng.
 
-A seeded, reproducible recipe (CPU only; about an hour on 2 cores, see
-models/demo/README.md):
+A seeded, reproducible recipe (CPU only; one stage is an hour on 2 cores, the committed
+model took four: ``make demo-model``, see models/demo/README.md):
 
 1. Every word of a ~130-word vocabulary (numbers, days, months, common verbs and
    nouns, function words and the fillers "um"/"uh") is synthesised once per voice
@@ -469,11 +469,14 @@ def _make_test_model():
     return module
 
 
-def demo_config(num_units: int, timings_adjustment_ms: float) -> dict[str, Any]:
+def demo_config(
+    num_units: int, timings_adjustment_ms: float, conv_kernel: int = 15, causal: bool = True
+) -> dict[str, Any]:
     mtm = _make_test_model()
     config = mtm.reverb_config("tiny", timings_adjustment_ms=timings_adjustment_ms)
     config["output_dim"] = num_units
     config["encoder_conf"].update(ENCODER)
+    config["encoder_conf"].update(cnn_module_kernel=conv_kernel, causal=causal)
     config["decoder_conf"].update(DECODER)
     config["model_conf"]["ctc_weight"] = 0.4
     # Every training utterance is assembled afresh, so there is nothing to overfit:
@@ -483,6 +486,30 @@ def demo_config(num_units: int, timings_adjustment_ms: float) -> dict[str, Any]:
             if key.endswith("dropout_rate"):
                 conf[key] = 0.0
     return config
+
+
+def widen_causal_convs(state: dict[str, torch.Tensor], kernel: int) -> dict[str, torch.Tensor]:
+    """Turn a causal model's depthwise convolutions into centred ones of ``kernel`` taps.
+
+    A causal kernel of k taps covers frames t-k+1..t; a centred kernel of 2k-1 taps
+    covers t-k+1..t+k-1. Putting the old taps in the left half and zeros in the right
+    keeps the model's function except on the first k-1 frames of an utterance (wenet
+    pads a causal convolution before its pointwise layer, a centred one after it), and
+    further training can then use the right context. Why it matters: with causal
+    convolutions a frame sees no audio after itself except through self-attention,
+    which cannot tell near frames from far ones (wenet's ``rel_pos`` has no relative
+    shift). Labelled at word onsets, the small model then guessed each word's rest from
+    the whole chunk's content, and in long chunks blended words ("fourfty", "meetney").
+    """
+    out = {}
+    for name, value in state.items():
+        if name.endswith("depthwise_conv.weight") and value.shape[-1] < kernel:
+            taps = value.shape[-1]
+            if kernel != 2 * taps - 1:
+                raise SystemExit(f"cannot widen {taps}-tap causal convolutions to {kernel}")
+            value = torch.nn.functional.pad(value, (0, kernel - taps))
+        out[name] = value
+    return out
 
 
 def build_model(out: Path, config: dict[str, Any]) -> torch.nn.Module:
@@ -942,9 +969,16 @@ def validation_sets(
     for _ in range(24):
         s = sentence(rng)
         seen.append(assemble(s, s, rng.choice(voices), stream.lexicon, nrng))
+    # Five held-out sentences joined (about 15-20 s, under one engine chunk): the model
+    # loses far more words deep into a long utterance than in a single sentence.
+    joined = []
+    for k in range(6):
+        words = [w for s in test_sentences[44 + 5 * k : 49 + 5 * k] for w in s]
+        joined.append(assemble(words, words, held[k % len(held)], stream.lexicon, nrng))
     return {
         "heldout": [stream.example(u, verbatim=True) for u in heldout],
         "train-voices": [stream.example(u, verbatim=True) for u in seen],
+        "heldout-joined": [stream.example(u, verbatim=True) for u in joined],
     }
 
 
@@ -980,6 +1014,15 @@ def main(argv: list[str] | None = None) -> int:
         help="first pool (about 30 steps each) with joined utterances",
     )
     parser.add_argument("--stage", type=int, default=None, help="picks the pools' seed")
+    parser.add_argument(
+        "--conv-kernel", type=int, default=15, help="encoder convolution taps (cnn_module_kernel)"
+    )
+    parser.add_argument(
+        "--centred-conv",
+        action="store_true",
+        help="centred (non-causal) encoder convolutions; with --init-from a causal model, "
+        "its k-tap kernels are widened to --conv-kernel 2k-1 without changing its output",
+    )
     parser.add_argument(
         "--calibrate-only",
         action="store_true",
@@ -1054,11 +1097,19 @@ def main(argv: list[str] | None = None) -> int:
     validation = validation_sets(stream, test_sentences, voices, args.seed)
     print(f"{num_units} units; features ready at {time.time() - t_start:.0f}s", flush=True)
 
-    config = demo_config(num_units, timings_adjustment_ms=0.0)
+    config = demo_config(
+        num_units,
+        timings_adjustment_ms=0.0,
+        conv_kernel=args.conv_kernel,
+        causal=not args.centred_conv,
+    )
     model = build_model(out, config)
     if args.init_from:  # a second stage: continue from an earlier run's weights
         (checkpoint,) = Path(args.init_from).glob("*.pt")
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        earlier = yaml.safe_load((Path(args.init_from) / "config.yaml").read_text())
+        if earlier["encoder_conf"].get("causal") and args.centred_conv:
+            state = widen_causal_convs(state, args.conv_kernel)
         model.load_state_dict({k: v.float() for k, v in state.items()})
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f}M parameters", flush=True)
