@@ -2,7 +2,7 @@
 """Train the demo Reverb model on English speech synthesised with espeak-ng.
 
 A seeded, reproducible recipe (CPU only; one stage is an hour on 2 cores, the committed
-model took four: ``make demo-model``, see models/demo/README.md):
+model took five: ``make demo-model``, see models/demo/README.md):
 
 1. Every word of a ~130-word vocabulary (numbers, days, months, common verbs and
    nouns, function words and the fillers "um"/"uh") is synthesised once per voice

@@ -54,15 +54,6 @@ def waveform(name: str) -> np.ndarray:
     return as_waveform((DATA_DIR / name).read_bytes())
 
 
-# Issue 4 is open: the committed demo model meets every target but the long-form one
-# with CTC prefix beam search (10.6% WER against <= 8%; 7.8% with attention rescoring).
-# That test keeps measuring the target and is expected to fail until a model meets it
-# (models/demo/README.md); the targets it meets are plain tests.
-UNDERTRAINED = pytest.mark.xfail(
-    reason="issue 4 open: demo model undertrained; targets not yet met", strict=False
-)
-
-
 @pytest.fixture(scope="module")
 def demo_model():
     from serve_app.engine.model import load_model
@@ -198,9 +189,7 @@ def test_heldout_wer(transcriber, mode, limit):
     assert value <= limit
 
 
-@pytest.mark.parametrize(
-    "mode", [pytest.param("ctc_prefix_beam_search", marks=UNDERTRAINED), "attention_rescoring"]
-)
+@pytest.mark.parametrize("mode", ["ctc_prefix_beam_search", "attention_rescoring"])
 def test_long_form_wer(transcriber, mode):
     (clip,) = clips("long")
     (t,) = decode_set(transcriber, "long", decoding_mode=mode)
