@@ -457,8 +457,7 @@ ENCODER = {
     "attention_heads": 4,
     "linear_units": 448,
     "num_blocks": 4,
-    "cnn_module_kernel": 15,
-}
+}  # cnn_module_kernel and causal come from --conv-kernel / --centred-conv
 DECODER = {"attention_heads": 4, "linear_units": 448, "num_blocks": 2, "r_num_blocks": 1}
 
 
@@ -470,7 +469,7 @@ def _make_test_model():
 
 
 def demo_config(
-    num_units: int, timings_adjustment_ms: float, conv_kernel: int = 15, causal: bool = True
+    num_units: int, timings_adjustment_ms: float, conv_kernel: int, causal: bool
 ) -> dict[str, Any]:
     mtm = _make_test_model()
     config = mtm.reverb_config("tiny", timings_adjustment_ms=timings_adjustment_ms)

@@ -128,7 +128,9 @@ def test_vocabulary_and_test_data():
     assert held_variants - set(recipe["training_voice_variants"]), "no unseen voice variant"
 
 
+@cache
 def recipe_module():
+    """The recipe script as a module, executed once per test session."""
     spec = importlib.util.spec_from_file_location("demo_recipe", RECIPE)
     script = importlib.util.module_from_spec(spec)
     sys.modules["demo_recipe"] = script  # dataclasses look their module up
