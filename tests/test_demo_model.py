@@ -8,6 +8,7 @@ the manifest because the clips are concatenations of trimmed single-word clips.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import json
@@ -170,6 +171,47 @@ def test_widened_causal_convolution_keeps_its_output_past_the_first_frames():
     assert not torch.allclose(after[:, :4], before[:, :4])
     with pytest.raises(SystemExit):
         recipe_module().widen_causal_convs(state, 11)
+
+
+def test_guided_attention_probe_sees_the_decoder_and_scores_misplaced_attention(demo_model):
+    """The recipe's guided cross-attention: the probe must read the real decoder's
+    weights, and the loss must be 0 for attention on each token's own frames, high for
+    attention on another token's, and skip rows whose onsets do not match the target."""
+    script = recipe_module()
+    model = copy.deepcopy(demo_model.model)
+    probe = script.CrossAttentionProbe(model)
+    enc = torch.randn(2, 40, model.encoder.output_size())
+    mask = torch.ones(2, 1, 40, dtype=torch.bool)
+    mask[1, :, 30:] = False
+    text, lens = torch.tensor([[5, 6, 7], [8, 9, -1]]), torch.tensor([3, 2])
+    infos = {"cat_embs": torch.eye(2), "langs": ["en"] * 2, "tasks": ["transcribe"] * 2}
+    with torch.no_grad():
+        model._calc_att_loss(enc, mask, text, lens, infos)
+    assert len(probe.weights) == len(model.decoder.left_decoder.decoders)
+    weights = probe.weights[0]
+    assert weights.shape == (2, 4, 4, 40)  # batch, heads, tokens + <eos>, frames
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 4))
+    assert float(weights[1, :, :, 30:].abs().max()) == 0.0
+
+    onsets = [2, 14, 26]
+    labels = torch.zeros(40, dtype=torch.long)
+    labels[onsets] = torch.tensor([5, 6, 7])
+    cut = torch.zeros(30, dtype=torch.long)
+    cut[3] = 8  # one onset for two tokens: this row gets no guidance
+    frames = [labels, cut]
+
+    def attending(targets: list[int]) -> list[torch.Tensor]:
+        w = torch.zeros(2, 4, 4, 40)
+        for j, t in enumerate(targets):
+            w[:, :, j, t] = 1.0
+        return [w, w]
+
+    on_own = attending([*onsets, 30])  # <eos> looks after the last onset
+    assert float(script.guided_attention_loss(on_own, frames, lens)) == 0.0
+    shifted = attending([26, 2, 2, 2])  # every token looks at another token's onset
+    assert float(script.guided_attention_loss(shifted, frames, lens)) == 1.0
+    half = attending([2, 2, 2, 30])
+    assert float(script.guided_attention_loss(half, frames, lens)) == 0.5
 
 
 # -- accuracy ---------------------------------------------------------------------------
