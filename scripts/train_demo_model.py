@@ -675,29 +675,23 @@ def collate(examples: list[Example], fill: torch.Tensor, gen: torch.Generator) -
 class CrossAttentionProbe:
     """Keeps the left-to-right decoder's cross-attention weights of each forward pass.
 
-    Training only: it wraps ``forward_attention`` of the live modules (the weights are
-    recomputed exactly as wenet does), so nothing of it reaches the saved model.
+    wenet passes every attention matrix, after softmax and masking, through the
+    module's dropout; a forward hook there reads the weights wenet computed (no second
+    softmax) and leaves the saved model untouched.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.weights: list[torch.Tensor] = []
-        wrapped = 0
+        hooked = 0
         for name, module in model.decoder.named_modules():
             if name.startswith("left_decoder.") and name.endswith(".src_attn"):
-                module.forward_attention = self._wrap(module.forward_attention)
-                wrapped += 1
-        if not wrapped:
+                module.dropout.register_forward_hook(self._keep)
+                hooked += 1
+        if not hooked:
             raise RuntimeError("no left-to-right cross-attention found in the decoder")
 
-    def _wrap(self, inner: Any) -> Any:
-        def forward_attention(
-            value: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
-        ) -> torch.Tensor:
-            masked = mask.unsqueeze(1).eq(0)[:, :, :, : scores.size(-1)]
-            self.weights.append(torch.softmax(scores.masked_fill(masked, -float("inf")), -1))
-            return inner(value, scores, mask)
-
-        return forward_attention
+    def _keep(self, _module: torch.nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
+        self.weights.append(inputs[0])
 
 
 def guided_attention_loss(
@@ -716,20 +710,23 @@ def guided_attention_loss(
     0.1-0.3 on sentences but stayed 0.5-0.8 on 15-25 s utterances.
     """
     batch, _, steps, num_frames = weights[0].shape
-    inside = torch.zeros(batch, steps, num_frames, dtype=torch.bool)
-    valid = torch.zeros(batch, steps, dtype=torch.bool)
+    # Each output step's window [lo, hi); rows without guidance keep lo == hi == 0.
+    lo = torch.zeros(batch, steps, dtype=torch.long)
+    hi = torch.zeros(batch, steps, dtype=torch.long)
     for b, labels in enumerate(frames):
-        onsets = labels[:num_frames].nonzero().squeeze(1).tolist()
+        onsets = labels[:num_frames].nonzero().squeeze(1)
         n = int(text_lens[b])
         if n == 0 or len(onsets) != n:  # a token cut off at the end: no guidance
             continue
-        ends = [*onsets[1:], len(labels)]
-        for j in range(n):
-            inside[b, j, max(0, onsets[j] - 3) : max(ends[j], onsets[j] + 8) + 3] = True
-        inside[b, n, onsets[-1] :] = True
-        valid[b, : n + 1] = True
+        ends = torch.cat([onsets[1:], torch.tensor([len(labels)])])
+        lo[b, :n] = (onsets - 3).clamp(min=0)
+        hi[b, :n] = torch.maximum(ends, onsets + 8) + 3
+        lo[b, n], hi[b, n] = onsets[-1], num_frames  # <eos>
+    valid = hi > lo
     if not valid.any():
         return weights[0].new_zeros(())
+    t = torch.arange(num_frames)
+    inside = (t >= lo.unsqueeze(-1)) & (t < hi.unsqueeze(-1))
     outside = torch.stack([(w * ~inside.unsqueeze(1)).sum(-1).mean(1) for w in weights])
     return outside.mean(0)[valid].mean()
 
