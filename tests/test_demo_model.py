@@ -354,3 +354,32 @@ def test_every_mode_gives_the_same_words_alone_and_in_mixed_batches(transcriber)
         )
         assert in_batch.text == alone.text, (mode, name, v)
     assert sum(bool(t.text) for t in mixed) >= len(mixed) // 2
+
+
+def test_absolute_position_config_loads_through_the_engine(tmp_path):
+    """--abs-pos swaps Reverb's rel_pos encoder attention for absolute positions; the
+    folder it writes must still load through the normal path and decode in every mode."""
+    from wenet.transformer.embedding import PositionalEncoding, RelPositionalEncoding
+
+    from serve_app.engine.model import load_model
+
+    script = recipe_module()
+    units = len((MODEL_DIR / "tk.units.txt").read_text().split())
+    for name in ("global_cmvn", "tk.model", "tk.units.txt"):
+        (tmp_path / name).write_bytes((MODEL_DIR / name).read_bytes())
+    config = script.demo_config(units // 2, 0.0, conv_kernel=29, causal=False, abs_pos=True)
+    torch.manual_seed(0)
+    model = script.build_model(tmp_path, config)
+    pos_enc = model.encoder.embed.pos_enc
+    assert isinstance(pos_enc, PositionalEncoding)
+    assert not isinstance(pos_enc, RelPositionalEncoding)
+    script.write_config(tmp_path, config)
+    torch.save(model.state_dict(), tmp_path / "reverb_demo.pt")
+
+    loaded = load_model(str(tmp_path), device="cpu")
+    assert not isinstance(loaded.model.encoder.embed.pos_enc, RelPositionalEncoding)
+    audio = waveform(clips("heldout")[0]["file"])
+    out = Transcriber(loaded).transcribe_many(
+        [Request(audio, DecodeOptions(decoding_mode=mode)) for mode in ALL_MODES]
+    )
+    assert all(not isinstance(r, Exception) for r in out), out
