@@ -364,10 +364,10 @@ def test_absolute_position_config_loads_through_the_engine(tmp_path):
     from serve_app.engine.model import load_model
 
     script = recipe_module()
-    units = len((MODEL_DIR / "tk.units.txt").read_text().split())
+    units = len((MODEL_DIR / "tk.units.txt").read_text().splitlines())
     for name in ("global_cmvn", "tk.model", "tk.units.txt"):
         (tmp_path / name).write_bytes((MODEL_DIR / name).read_bytes())
-    config = script.demo_config(units // 2, 0.0, conv_kernel=29, causal=False, abs_pos=True)
+    config = script.demo_config(units, 0.0, conv_kernel=29, causal=False, abs_pos=True)
     torch.manual_seed(0)
     model = script.build_model(tmp_path, config)
     pos_enc = model.encoder.embed.pos_enc
