@@ -477,6 +477,7 @@ def demo_config(
     conv_kernel: int,
     causal: bool,
     abs_pos: bool = False,
+    ctc_weight: float = 0.4,
 ) -> dict[str, Any]:
     mtm = _make_test_model()
     config = mtm.reverb_config("tiny", timings_adjustment_ms=timings_adjustment_ms)
@@ -491,7 +492,7 @@ def demo_config(
             pos_enc_layer_type="abs_pos", selfattention_layer_type="selfattn"
         )
     config["decoder_conf"].update(DECODER)
-    config["model_conf"]["ctc_weight"] = 0.4
+    config["model_conf"]["ctc_weight"] = ctc_weight
     # Every training utterance is assembled afresh, so there is nothing to overfit:
     # dropout only slowed learning (and its random masks were 13% of a CPU step).
     for conf in (config["encoder_conf"], config["decoder_conf"]):
@@ -564,6 +565,8 @@ class ExampleStream:
         pool_size: int = 400,
         long_fraction: float = 0.0,
         long_from_pool: int = 0,
+        verbatim_share: float = 0.5,
+        extra_filler: float = 0.0,
     ) -> None:
         self.plan, self.lexicon, self.sp = plan, lexicon, sp
         self.seed, self.pool_size = seed, pool_size
@@ -572,6 +575,10 @@ class ExampleStream:
         # Joined utterances start at pool ``long_from_pool``: alignments are learnt on
         # single sentences first.
         self.long_fraction, self.long_from_pool = long_fraction, long_from_pool
+        # Share of verbatim targets, and the chance that an utterance gets one more
+        # filler than its plan: fillers are short and rare (under 5% of words), so a
+        # small model drops them unless it hears and keeps them more often.
+        self.verbatim_share, self.extra_filler = verbatim_share, extra_filler
 
     def pool(self, k: int) -> list[Example]:
         rng = random.Random(self.seed * 1000 + k)
@@ -589,13 +596,15 @@ class ExampleStream:
             i += n
             verbatim_words = [w for v, _, _ in group for w in v]
             clean = [w for _, c, _ in group for w in c]
+            if self.extra_filler > 0 and rng.random() < self.extra_filler:
+                verbatim_words.insert(rng.randrange(len(verbatim_words)), rng.choice(FILLERS))
             voice = group[0][2]
             speed = 1.0 if rng.random() < 0.4 else rng.choice(SPEEDS)
             snr = (22.0, 40.0) if rng.random() < 0.8 else (4.0, 22.0)
             utt = assemble(
                 verbatim_words, clean, voice, self.lexicon, nrng, speed=speed, snr_db=snr
             )
-            out.append(self.example(utt, verbatim=rng.random() < 0.5))
+            out.append(self.example(utt, verbatim=rng.random() < self.verbatim_share))
         return out
 
     def example(self, utt: Utterance, verbatim: bool) -> Example:
@@ -1153,6 +1162,24 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the guided cross-attention loss (0: off)",
     )
     parser.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=0.4,
+        help="CTC share of the training loss; the rest is the attention decoders'",
+    )
+    parser.add_argument(
+        "--verbatim-share",
+        type=float,
+        default=0.5,
+        help="share of training targets in the verbatim style (fillers kept)",
+    )
+    parser.add_argument(
+        "--extra-filler",
+        type=float,
+        default=0.0,
+        help="chance that a training utterance gets one filler more than its plan",
+    )
+    parser.add_argument(
         "--calibrate-only",
         action="store_true",
         help="only re-measure the trained model's timings adjustment in --out",
@@ -1216,6 +1243,8 @@ def main(argv: list[str] | None = None) -> int:
         stream_seed,
         long_fraction=args.long_fraction,
         long_from_pool=0 if args.init_from else args.long_from_pool,
+        verbatim_share=args.verbatim_share,
+        extra_filler=args.extra_filler,
     )
     first = stream.pool(0)  # CMVN and the SpecAugment fill come from the first pool
     if args.init_from:  # the checkpoint carries stage 1's CMVN: keep the file in step
@@ -1232,6 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
         conv_kernel=args.conv_kernel,
         causal=not args.centred_conv,
         abs_pos=args.abs_pos,
+        ctc_weight=args.ctc_weight,
     )
     model = build_model(out, config)
     if args.init_from:  # a second stage: continue from an earlier run's weights

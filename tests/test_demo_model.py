@@ -151,6 +151,31 @@ def test_heldout_sentences_were_not_trained_on():
     assert len(script.VOCABULARY) >= 100
 
 
+def test_training_stream_styles_and_extra_fillers():
+    """Verbatim targets keep the plan's and the extra fillers; non-verbatim ones drop all."""
+    import sentencepiece as spm
+
+    script = recipe_module()
+    voice = script.Voice("en-us", "", 160, 50)
+    rng = np.random.default_rng(0)
+    plan_words = ["call", "the", "team", "at", "five"]
+    lexicon = {
+        (voice, w): 0.1 * rng.standard_normal(3200).astype(np.float32)
+        for w in [*plan_words, *script.FILLERS]
+    }
+    sp = spm.SentencePieceProcessor(model_file=str(MODEL_DIR / "tk.model"))
+    filler_ids = {sp.piece_to_id("\u2581" + f) + 1 for f in script.FILLERS}
+    plan = [(["call", "um", "the", "team", "at", "five"], plan_words, voice)] * 8
+
+    def fillers_per_target(**knobs) -> list[tuple[int, list[float]]]:
+        stream = script.ExampleStream(plan, lexicon, sp, seed=1, pool_size=8, **knobs)
+        return [(sum(t in filler_ids for t in e.target), e.style) for e in stream.pool(0)]
+
+    assert fillers_per_target(verbatim_share=1.0) == [(1, [1.0, 0.0])] * 8
+    assert fillers_per_target(verbatim_share=1.0, extra_filler=1.0) == [(2, [1.0, 0.0])] * 8
+    assert fillers_per_target(verbatim_share=0.0, extra_filler=1.0) == [(0, [0.0, 1.0])] * 8
+
+
 def test_widened_causal_convolution_keeps_its_output_past_the_first_frames():
     """The recipe's causal-to-centred step must not change what a stage learnt."""
     from wenet.transformer.convolution import ConvolutionModule
