@@ -22,11 +22,9 @@ minutes on 2 cores: ``make demo-model``, see models/demo/README.md):
 5. The model directory is written (weights stored in half precision) and, with
    ``--test-data``, the held-out test clips and their manifest.
 
-Usage (the committed model's flags; the defaults are the older, slower settings)::
+Usage (the defaults are the committed model's settings)::
 
-    python scripts/train_demo_model.py --out models/demo --test-data tests/data/demo \
-        --conv-kernel 29 --centred-conv --long-fraction 0.3 --abs-pos \
-        --att-loss-per-token --guide-weight 1 --ctc-weight 0.25 --steps 4800
+    python scripts/train_demo_model.py --out models/demo --test-data tests/data/demo
 
 espeak-ng must be installed (``apt-get update && apt-get install -y espeak-ng``; pass
 ``--install-espeak`` to have the recipe run that).
@@ -478,8 +476,8 @@ def demo_config(
     timings_adjustment_ms: float,
     conv_kernel: int,
     causal: bool,
-    abs_pos: bool = False,
-    ctc_weight: float = 0.4,
+    abs_pos: bool,
+    ctc_weight: float,
 ) -> dict[str, Any]:
     mtm = _make_test_model()
     config = mtm.reverb_config("tiny", timings_adjustment_ms=timings_adjustment_ms)
@@ -567,8 +565,6 @@ class ExampleStream:
         pool_size: int = 400,
         long_fraction: float = 0.0,
         long_from_pool: int = 0,
-        verbatim_share: float = 0.5,
-        extra_filler: float = 0.0,
     ) -> None:
         self.plan, self.lexicon, self.sp = plan, lexicon, sp
         self.seed, self.pool_size = seed, pool_size
@@ -577,10 +573,6 @@ class ExampleStream:
         # Joined utterances start at pool ``long_from_pool``: alignments are learnt on
         # single sentences first.
         self.long_fraction, self.long_from_pool = long_fraction, long_from_pool
-        # Share of verbatim targets, and the chance that an utterance gets one more
-        # filler than its plan: fillers are short and rare (under 5% of words), so a
-        # small model drops them unless it hears and keeps them more often.
-        self.verbatim_share, self.extra_filler = verbatim_share, extra_filler
 
     def pool(self, k: int) -> list[Example]:
         rng = random.Random(self.seed * 1000 + k)
@@ -598,15 +590,13 @@ class ExampleStream:
             i += n
             verbatim_words = [w for v, _, _ in group for w in v]
             clean = [w for _, c, _ in group for w in c]
-            if self.extra_filler > 0 and rng.random() < self.extra_filler:
-                verbatim_words.insert(rng.randrange(len(verbatim_words)), rng.choice(FILLERS))
             voice = group[0][2]
             speed = 1.0 if rng.random() < 0.4 else rng.choice(SPEEDS)
             snr = (22.0, 40.0) if rng.random() < 0.8 else (4.0, 22.0)
             utt = assemble(
                 verbatim_words, clean, voice, self.lexicon, nrng, speed=speed, snr_db=snr
             )
-            out.append(self.example(utt, verbatim=rng.random() < self.verbatim_share))
+            out.append(self.example(utt, verbatim=rng.random() < 0.5))
         return out
 
     def example(self, utt: Utterance, verbatim: bool) -> Example:
@@ -1114,7 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--utterances", type=int, default=40000, help="sentence plan (assembled on the fly)"
     )
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=4800)
     parser.add_argument("--max-frames", type=int, default=5000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--vocab-size", type=int, default=200)
@@ -1128,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, default=None, help="earlier model folder")
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument(
-        "--long-fraction", type=float, default=0.2, help="share of 3-6 sentence utterances"
+        "--long-fraction", type=float, default=0.3, help="share of 3-6 sentence utterances"
     )
     parser.add_argument(
         "--long-from-pool",
@@ -1138,48 +1128,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stage", type=int, default=None, help="picks the pools' seed")
     parser.add_argument(
-        "--conv-kernel", type=int, default=15, help="encoder convolution taps (cnn_module_kernel)"
+        "--conv-kernel", type=int, default=29, help="encoder convolution taps (cnn_module_kernel)"
     )
     parser.add_argument(
         "--centred-conv",
-        action="store_true",
-        help="centred (non-causal) encoder convolutions; with --init-from a causal model, "
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="centred (non-causal) encoder convolutions (--no-centred-conv: causal, as in "
+        "Reverb); with --init-from a causal model, "
         "its k-tap kernels are widened to --conv-kernel 2k-1 without changing its output",
     )
     parser.add_argument(
         "--abs-pos",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="absolute positional encoding in the encoder (abs_pos + selfattn) instead of "
-        "Reverb's rel_pos: cheaper, and gives the decoder positions to align by",
+        "Reverb's rel_pos (--no-abs-pos): cheaper, and gives the decoder positions to align by",
     )
     parser.add_argument(
         "--att-loss-per-token",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="attention loss per token (times ATT_LOSS_TOKENS), not per utterance",
     )
     parser.add_argument(
         "--guide-weight",
         type=float,
-        default=0.0,
+        default=1.0,
         help="weight of the guided cross-attention loss (0: off)",
     )
     parser.add_argument(
         "--ctc-weight",
         type=float,
-        default=0.4,
+        default=0.25,
         help="CTC share of the training loss; the rest is the attention decoders'",
-    )
-    parser.add_argument(
-        "--verbatim-share",
-        type=float,
-        default=0.5,
-        help="share of training targets in the verbatim style (fillers kept)",
-    )
-    parser.add_argument(
-        "--extra-filler",
-        type=float,
-        default=0.0,
-        help="chance that a training utterance gets one filler more than its plan",
     )
     parser.add_argument(
         "--calibrate-only",
@@ -1245,8 +1227,6 @@ def main(argv: list[str] | None = None) -> int:
         stream_seed,
         long_fraction=args.long_fraction,
         long_from_pool=0 if args.init_from else args.long_from_pool,
-        verbatim_share=args.verbatim_share,
-        extra_filler=args.extra_filler,
     )
     first = stream.pool(0)  # CMVN and the SpecAugment fill come from the first pool
     if args.init_from:  # the checkpoint carries stage 1's CMVN: keep the file in step
