@@ -11,7 +11,6 @@ by row so that one bad row fails only its own job.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,8 +21,10 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from serve_app.engine.alignment import aligned_words, force_align, rev_words, token_spans
+from serve_app.engine.features import fbank
 from serve_app.engine.model import ReverbModel
 from serve_app.engine.options import DecodeOptions
+from serve_app.engine.packing import pack_cuts
 from serve_app.engine.search import Hyp, search_group
 from serve_app.engine.types import Word
 
@@ -136,48 +137,26 @@ class BatchDecoder:
         return [o if o is not None else RuntimeError("row not decoded") for o in outcomes], report
 
     def features(self, samples: np.ndarray) -> torch.Tensor:
-        """Kaldi fbank of int16-scale samples, exactly as Rev's ``compute_feats``."""
-        from torchaudio.compliance import kaldi
-
-        wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32) * 32768.0)
-        wave = wave.to(self.model.device).unsqueeze(0)
-        return kaldi.fbank(
-            wave,
-            num_mel_bins=self.model.num_mel_bins,
-            frame_length=self.model.frame_length_ms,
-            frame_shift=self.model.frame_shift_ms,
-            dither=0.0,
-            energy_floor=0.0,
-            sample_frequency=16000,
+        """Kaldi fbank of one chunk on the model's device, exactly as Rev's ``compute_feats``."""
+        m = self.model
+        return fbank(
+            samples,
+            num_mel_bins=m.num_mel_bins,
+            frame_length_ms=m.frame_length_ms,
+            frame_shift_ms=m.frame_shift_ms,
+            device=m.device,
         )
 
     def pack(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Split length-sorted rows into sub-batches minimising padded frames + forwards.
+        """Length-sorted rows (longest first) cut into sub-batches by :func:`pack_cuts`.
 
-        Rows are sorted longest first; a dynamic programme picks the cut points that
-        minimise ``sum(rows * longest) + forwards * forward_cost_frames`` subject to
-        ``rows * longest <= max_padded_frames``. One 20 s chunk therefore does not
-        make fifteen 2 s clips pad to 20 s, and short rows still share one forward.
+        One 20 s chunk therefore does not make fifteen 2 s clips pad to 20 s, and short
+        rows still share one forward.
         """
         ordered = sorted(rows, key=lambda r: r.feats.shape[0], reverse=True)
         lengths = [r.feats.shape[0] for r in ordered]
-        n = len(lengths)
-        best = [0.0] + [math.inf] * n
-        cut = [0] * (n + 1)
-        for end in range(1, n + 1):
-            for start in range(end - 1, -1, -1):
-                padded = lengths[start] * (end - start)
-                if padded > self.max_padded_frames and end - start > 1:
-                    break
-                cost = best[start] + padded + self.forward_cost_frames
-                if cost < best[end]:
-                    best[end], cut[end] = cost, start
-        batches: list[list[_Row]] = []
-        end = n
-        while end > 0:
-            batches.append(ordered[cut[end] : end])
-            end = cut[end]
-        return batches[::-1]
+        cuts = pack_cuts(lengths, self.max_padded_frames, self.forward_cost_frames)
+        return [ordered[c.start : c.stop] for c in cuts]
 
     # -- internals --------------------------------------------------------------------
 

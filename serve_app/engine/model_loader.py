@@ -10,6 +10,7 @@ one checkpoint, a strict key check and one-line errors that name the fix.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ HUB_MODELS: dict[str, str] = {"reverb_asr_v1": "Revai/reverb-asr"}
 DEFAULT_CACHE_DIR = Path(
     os.environ.get("REVERB_CACHE_DIR", Path.home() / ".cache" / "reverb-serve")
 )
+
+
+_CONFIG_PATHS = (
+    ("cmvn_conf", "cmvn_file"),
+    ("tokenizer_conf", "bpe_path"),
+    ("tokenizer_conf", "symbol_table_path"),
+)
+"""The config entries that name files of the model folder."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +128,7 @@ def locate_model_files(directory: Path, *, checkpoint_name: str | None = None) -
         raise ModelLoadError(f"{config} is missing: a Reverb model folder needs config.yaml.")
     configs = read_config(config)
     checkpoint = _pick_checkpoint(directory, checkpoint_name)
-    cmvn = _config_path(directory, configs, ("cmvn_conf", "cmvn_file"))
-    bpe = _config_path(directory, configs, ("tokenizer_conf", "bpe_path"))
-    units = _config_path(directory, configs, ("tokenizer_conf", "symbol_table_path"))
+    cmvn, bpe, units = (_config_path(directory, configs, keys) for keys in _CONFIG_PATHS)
     return ModelFiles(directory, config, checkpoint, cmvn, bpe, units)
 
 
@@ -175,13 +182,21 @@ def _config_path(directory: Path, configs: dict[str, Any], keys: tuple[str, str]
     return candidate
 
 
+def resolve_config_paths(directory: Path, configs: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``configs`` whose file entries are absolute paths inside ``directory``.
+
+    wenet opens these paths relative to its working directory; every builder of a model
+    (the loader, the model-making scripts) pins them here, the same way.
+    """
+    resolved = copy.deepcopy(configs)
+    for section, key in _CONFIG_PATHS:
+        resolved[section][key] = str(_config_path(directory, configs, (section, key)))
+    return resolved
+
+
 def wenet_configs(files: ModelFiles) -> dict[str, Any]:
     """The config dict wenet's ``init_model`` expects, with our explicit absolute paths."""
-    configs = read_config(files.config)
-    configs["cmvn_conf"]["cmvn_file"] = str(files.cmvn)
-    configs["tokenizer_conf"]["bpe_path"] = str(files.bpe_model)
-    configs["tokenizer_conf"]["symbol_table_path"] = str(files.units)
-    return configs
+    return resolve_config_paths(files.directory, read_config(files.config))
 
 
 def init_args() -> SimpleNamespace:
