@@ -1,40 +1,21 @@
-"""Shared helpers for the benchmarks: synthetic audio, the clip-length mix, a machine line.
-
-The benchmark scripts are run as files (``python bench/engine_sweep.py``), so this
-module is imported by its bare name from the script's own folder.
-"""
+"""Shared helpers for the benchmarks: synthetic audio, the clip-length mix, a machine line."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
+import json
 import os
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_RATE = 16000
-
-
-@functools.cache
-def model_script():
-    """scripts/make_test_model.py as a module (``make_model``, ``speechlike_audio``)."""
-    name = "make_test_model"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from scripts import make_test_model
+from serve_app.engine.features import SAMPLE_RATE
 
 
 def speech(seconds: float, seed: int) -> np.ndarray:
     """Speech-like 16 kHz float audio that the random test models turn into words."""
-    return model_script().speechlike_audio(seconds, seed=seed)
+    return make_test_model.speechlike_audio(seconds, seed=seed)
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:
@@ -76,3 +57,12 @@ def md_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def emit(text: str, md: Path | None = None, json_path: Path | None = None, result=None) -> None:
+    """Print the report; write it to ``md`` and ``result`` as JSON to ``json_path``."""
+    print(text)
+    if md:
+        md.write_text(text.rstrip("\n") + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1, default=str))

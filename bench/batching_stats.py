@@ -8,10 +8,10 @@ Transcriber's ``stats()`` handle method is read, and the difference gives rows
 no part in the numbers except through how requests happen to overlap.
 
     # start the app here on CPU with a model folder, measure, shut down
-    python bench/batching_stats.py --start models/tiny_random --clients 16
+    python -m bench.batching_stats --start models/tiny_random --clients 16
 
     # or measure an app that is already running (`serve run configs/local.yaml`)
-    python bench/batching_stats.py --clients 16 --url http://127.0.0.1:8765
+    python -m bench.batching_stats --clients 16 --url http://127.0.0.1:8765
 
 With one Transcriber replica the counters cover every chunk; with several, a stats
 call reaches one replica, so run it against a single-replica deployment.
@@ -21,49 +21,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import importlib.util
-import io
 import os
 import sys
 import time
-import wave
-from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
-import ray
-from ray import serve
+
+from bench._common import speech, wav_bytes
 
 APP_NAME = "reverb"
-
-
-@functools.cache
-def _model_script():
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_test_model.py"
-    spec = importlib.util.spec_from_file_location("make_test_model", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def speechlike_wav(seconds: float, seed: int) -> bytes:
-    """WAV bytes of the speech-like audio the tiny test model is calibrated on."""
-    audio = _model_script().speechlike_audio(seconds, seed=seed)
-    pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
 
 
 def clips(clients: int, rounds: int) -> list[list[bytes]]:
     """Each client's clips, made before the clock starts: 2-10 s, all different."""
     return [
-        [speechlike_wav(2 + (i * 100 + r) * 7919 % 9, i * 100 + r) for r in range(rounds)]
+        [wav_bytes(speech(2 + (i * 100 + r) * 7919 % 9, i * 100 + r)) for r in range(rounds)]
         for i in range(clients)
     ]
 
@@ -98,16 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns on token auth
+    import ray
+    from ray import serve
+
     if args.start:
         from serve_app.app import build_app
 
         ray.init(include_dashboard=False, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+        port = urlsplit(args.url).port or 8765
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"model": args.start, "device": "cpu"}), name=args.app)
     else:
         ray.init(address="auto", namespace="serve", log_to_driver=False)
-    stats = serve.get_deployment_handle("Transcriber", app_name=args.app).stats
+    try:
+        return measure(args, serve.get_deployment_handle("Transcriber", app_name=args.app).stats)
+    finally:
+        if args.start:
+            serve.shutdown()
+        ray.shutdown()
 
+
+def measure(args: argparse.Namespace, stats) -> int:
+    """Run the load between two ``stats()`` reads and print what the counters say."""
     audios = clips(args.clients, args.rounds)
     asyncio.run(load(args.url, audios[:2], args.mode))  # warm-up, not counted
     before = stats.remote(reset_peak=True).result()
@@ -135,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak chunks held by the replica {after['peak_chunks_in_flight']}")
     print(f"padding efficiency {real / padded:.2f}")
     print(f"transcriber busy {busy:.1f} s of {seconds:.1f} s ({100 * busy / seconds:.0f}%)")
-    if args.start:
-        serve.shutdown()
     return 0
 
 

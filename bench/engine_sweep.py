@@ -16,15 +16,14 @@ Three parts, all in one process with the model loaded once:
    hits all cells alike; each cell reports its median and the speed-up over batch 1.
    ``--budget-s`` caps the run: a sweep cell predicted to overrun it is skipped.
 
-    python bench/engine_sweep.py --model models/tiny_random
-    python bench/engine_sweep.py --model /tmp/full_model --budget-s 600 --clip-seconds 4 6
+    python -m bench.engine_sweep --model models/tiny_random
+    python -m bench.engine_sweep --model /tmp/full_model --budget-s 600 --clip-seconds 4 6
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import math
 import pstats
 import statistics
@@ -35,14 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import load_avg, machine, md_table, mix_lengths, speech
-
+from bench._common import emit, load_avg, machine, md_table, mix_lengths, speech
 from serve_app.engine.chunking import SAMPLE_RATE, plan_chunks
 from serve_app.engine.decoder import BatchDecoder, ChunkJob, _Row
 from serve_app.engine.options import DecodeOptions
+from serve_app.engine.packing import pack_cuts
 from serve_app.engine.transcriber import chunk_jobs
 
 DEFAULT_MODES = ["ctc_greedy_search", "ctc_prefix_beam_search", "attention_rescoring"]
@@ -62,25 +58,8 @@ def mix_chunk_frames(n_clips: int, seed: int) -> list[int]:
 
 
 def pack_in_order(lengths: list[int], max_padded: int, forward_cost: int) -> list[list[int]]:
-    """``BatchDecoder.pack``'s cost model without the length sort: cut points only."""
-    n = len(lengths)
-    best = [0.0] + [math.inf] * n
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
-        longest = 0
-        for start in range(end - 1, -1, -1):
-            longest = max(longest, lengths[start])
-            padded = longest * (end - start)
-            if padded > max_padded and end - start > 1:
-                break
-            cost = best[start] + padded + forward_cost
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    out, end = [], n
-    while end > 0:
-        out.append(lengths[cut[end] : end])
-        end = cut[end]
-    return out[::-1]
+    """``BatchDecoder.pack``'s cut points without its length sort: the lengths per forward."""
+    return [lengths[c.start : c.stop] for c in pack_cuts(lengths, max_padded, forward_cost)]
 
 
 def padding_table(decoder: BatchDecoder, n_clips: int, batch_sizes: list[int], seed: int) -> dict:
@@ -399,12 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     result["sweep"] = sweep(decoder, pool, args.modes, args.batch_sizes, args.rounds, deadline)
     result["load_avg_end"] = load_avg()
-    text = report_md(result)
-    print(text)
-    if args.md:
-        args.md.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=str))
+    emit(report_md(result), args.md, args.json, result)
     return 0
 
 

@@ -2,7 +2,7 @@
 """GPU engine benchmark: fp32 vs bf16 vs fp16 autocast, batch sweep, RTFx and memory.
 
 Self-contained, one short run (a few minutes on an H200): builds Reverb's full-size
-architecture with random weights (scripts/make_test_model.py, imported by path) in a
+architecture with random weights (``scripts.make_test_model``) in a
 temporary folder, loads it with the engine, and decodes batches of speech-like
 20.5 s chunks (Rev's chunk grid, the worst case for memory) and shorter clips with
 ``BatchDecoder.decode`` under each precision. For every (precision, batch) cell it
@@ -12,8 +12,8 @@ fp32's (random weights make this a rough sensitivity signal, not a WER). Cells a
 interleaved across precisions within each repeat. Writes ``gpu_bench.json`` and
 ``gpu_bench.md`` to ``--out``.
 
-    python bench/gpu_bench.py --out "$OUT"                 # on the GPU machine
-    python bench/gpu_bench.py --smoke --out /tmp/gpu_smoke  # tiny model on CPU, seconds
+    python -m bench.gpu_bench --out "$OUT"                 # on the GPU machine
+    python -m bench.gpu_bench --smoke --out /tmp/gpu_smoke  # tiny model on CPU, seconds
 """
 
 from __future__ import annotations
@@ -31,13 +31,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench._common import speech
+from scripts import make_test_model
+from serve_app.engine.features import SAMPLE_RATE
 
-from _common import model_script  # noqa: E402  (bench/ helpers, imported by bare name)
-
-SAMPLE_RATE = 16000
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -117,14 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.model
         if folder is None:
             size = "tiny" if args.smoke else "full"
-            folder = str(model_script().make_model(size, Path(tmp) / size))
+            folder = str(make_test_model.make_model(size, Path(tmp) / size))
         build_s = time.perf_counter() - started
         model = load_model(folder, device=str(device))
     decoder = BatchDecoder(model, max_padded_frames=10**9)  # one forward per batch
-    script = model_script()
     n = max(args.batch_sizes)
     samples = round(args.chunk_seconds * SAMPLE_RATE)
-    clips = [script.speechlike_audio(samples / SAMPLE_RATE, seed=k) for k in range(n)]
+    clips = [speech(samples / SAMPLE_RATE, seed=k) for k in range(n)]
 
     def jobs(bs: int, mode: str) -> list[ChunkJob]:
         opts = DecodeOptions(decoding_mode=mode)

@@ -7,9 +7,10 @@ Everything runs in this one process and its Ray workers, on 127.0.0.1:
    ``Transcriber`` decodes the same clips (a) one at a time, giving the single-clip
    latency and batch-1 RTFx, and (b) in groups of up to ``--batch-on`` chunks, giving
    the engine RTFx at the batch size the service uses.
-2. Serve starts (one Ray instance, CPU, one Transcriber replica with the same torch
-   thread count as this process) from a declarative config, so batching settings are
-   changed by a live ``user_config`` update, as ``serve deploy`` would.
+2. Serve starts (one Ray instance with its dashboard, CPU, one Transcriber replica with
+   the same torch thread count as this process) from a declarative config PUT to
+   Serve's REST API (``serve_app.deploy``, what ``serve deploy`` does), so batching
+   settings are changed by a live ``user_config`` update, without a restart.
 3. For each concurrency, two arms back to back (order alternates between
    concurrencies): batching on (``max_batch_size = --batch-on``) and off
    (``max_batch_size 1``). Each arm is a closed loop of N async httpx clients sending
@@ -18,15 +19,15 @@ Everything runs in this one process and its Ray workers, on 127.0.0.1:
    the replica's observed mean batch size and padding efficiency (its ``stats()``
    counters, read before and after the arm).
 
-    python bench/load_test.py --model models/tiny_random
-    python bench/load_test.py --model /tmp/full_model --concurrency 1 4 16 --clip-range 2 20
+    python -m bench.load_test --model models/tiny_random
+    python -m bench.load_test --model /tmp/full_model --concurrency 1 4 16 --clip-range 2 20
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import os
 import signal
 import socket
@@ -38,10 +39,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import load_avg, machine, md_table, mix_lengths, speech, wav_bytes
+from bench._common import emit, load_avg, machine, md_table, mix_lengths, speech, wav_bytes
+from serve_app.deploy import deploy_config
 
 APP = "reverb"
 DEPLOY_TIMEOUT_S = 300
@@ -109,15 +108,20 @@ def engine_reference(model_path: str, clips, mode: str, batch: int, singles: int
 # --------------------------------------------------------------------------- serve
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now (all held open while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
-def serve_config(model: str, max_batch_size: int, threads: int, wait_s: float) -> dict:
+def serve_config(model: str, max_batch_size: int, threads: int, wait_s: float, port: int) -> dict:
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
             {
                 "name": APP,
@@ -146,30 +150,31 @@ def serve_config(model: str, max_batch_size: int, threads: int, wait_s: float) -
                     },
                 ],
             }
-        ]
+        ],
     }
 
 
-def apply_config(config: dict, expect_batch: int, stats) -> None:
-    """Deploy or update as ``serve deploy`` does; wait until the replica reports it."""
+def apply_config(config: dict, dashboard_url: str, expect_batch: int) -> Any:
+    """Deploy or update as ``serve deploy`` does; wait until the replica reports the
+    requested ``max_batch_size``. Returns the Transcriber's handle."""
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+    deploy_config(config, dashboard_url=dashboard_url, timeout_s=DEPLOY_TIMEOUT_S)
+    handle = serve.get_deployment_handle("Transcriber", app_name=APP)
     deadline = time.monotonic() + DEPLOY_TIMEOUT_S
     while time.monotonic() < deadline:
-        status = serve.status().applications.get(APP)
-        if status is not None and status.status == "DEPLOY_FAILED":
-            raise RuntimeError(f"deploy failed: {status.message}")
-        if status is not None and status.status == "RUNNING":
-            try:
-                if stats().get("max_batch_size") == expect_batch:
-                    return
-            except Exception:
-                pass
+        try:
+            if read_stats(handle).get("max_batch_size") == expect_batch:
+                return handle
+        except Exception:
+            pass
         time.sleep(0.5)
     raise TimeoutError("the app did not reach the requested batching config")
+
+
+def read_stats(handle) -> dict:
+    """The replica's counters (``stats()``), resetting its peak-in-flight gauge."""
+    return handle.stats.remote(reset_peak=True).result(timeout_s=60)
 
 
 async def run_arm(url: str, clips, n_requests: int, concurrency: int, cap_s: float, mode: str):
@@ -431,30 +436,27 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=max(8, 2 * threads), include_dashboard=False, log_to_driver=False)
+    http_port, dashboard_port = _free_ports(2)
+    context = ray.init(
+        num_cpus=max(8, 2 * threads),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+    )
+    dashboard_url = "http://" + context.dashboard_url
+    url = f"http://127.0.0.1:{http_port}"
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
-        url = f"http://127.0.0.1:{serve.context._get_global_client().http_config.port}"
-        handle = None
-
-        def stats() -> dict:
-            return handle.stats.remote(reset_peak=True).result(timeout_s=60)
-
-        first = True
         for n, c in enumerate(args.concurrency):
             order = [args.batch_on, 1] if n % 2 == 0 else [1, args.batch_on]
             for mbs in order:
-                config = serve_config(model, mbs, threads, args.wait_s)
-                if first:
-                    apply_config(config, mbs, lambda m=mbs: {"max_batch_size": m})
-                    handle = serve.get_deployment_handle("Transcriber", app_name=APP)
-                    first = False
-                apply_config(config, mbs, stats)
+                config = serve_config(model, mbs, threads, args.wait_s, http_port)
+                handle = apply_config(config, dashboard_url, mbs)
                 asyncio.run(run_arm(url, clips, 2, min(c, 2), 600, args.mode))  # warm
                 requests = max(2 * c, args.min_requests)
-                before = stats()
+                before = read_stats(handle)
                 load = asyncio.run(run_arm(url, clips, requests, c, args.time_cap_s, args.mode))
-                after = stats()
+                after = read_stats(handle)
                 arm = {
                     "concurrency": c,
                     "max_batch_size": mbs,
@@ -478,12 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         result["engine"].append(engine_reference(model, clips, args.mode, args.batch_on, singles))
     result["load_avg_end"] = load_avg()
     summarise(result)
-    text = report_md(result)
-    print(text)
-    if args.md:
-        args.md.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=str))
+    emit(report_md(result), args.md, args.json, result)
     return 0
 
 

@@ -9,7 +9,7 @@ default ``"aligned"`` (``prefix_search`` + ``rescoring``). It reports the search
 audio-seconds per second for each, their ratio, and whether the two give the same
 tokens on every row.
 
-    python bench/search_ab.py --model models/tiny_random --threads 1
+    python -m bench.search_ab --model models/tiny_random --threads 1
 """
 
 from __future__ import annotations
@@ -23,11 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import load_avg, machine, md_table, speech
-
+from bench._common import emit, load_avg, machine, md_table, speech
 from serve_app.engine.decoder import BatchDecoder
 from serve_app.engine.model import load_model
 from serve_app.engine.options import DecodeOptions
@@ -121,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.beam_size}, median of {args.rounds} alternating rounds; search time only "
         "(encoder output shared).\n\n" + table + "\n"
     )
-    print(text)
-    if args.md:
-        args.md.write_text(text)
+    emit(text, args.md)
     return 0
 
 

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import yaml
 
+from serve_app.engine.features import kaldi_fbank
+
 VOCAB_SIZE = 10001  # Reverb's: <blank>, <unk>, 9998 BPE pieces, <sos/eos>
 NUM_MEL_BINS = 80
 
@@ -169,19 +171,17 @@ def write_tokenizer(out: Path, rng: random.Random) -> None:
 
 
 def write_cmvn(out: Path, seed: int) -> None:
-    """Global CMVN stats in wenet's JSON format, from fbank of seeded synthetic audio."""
-    from torchaudio.compliance import kaldi
-
+    """Global CMVN stats from fbank of seeded synthetic audio."""
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(16000 * 10) / 16000
     tone = torch.sin(2 * torch.pi * 220 * t) * 8000 + torch.randn(t.shape, generator=gen) * 800
-    feats = kaldi.fbank(
-        tone.unsqueeze(0),
-        num_mel_bins=NUM_MEL_BINS,
-        dither=0.0,
-        energy_floor=0.0,
-        sample_frequency=16000,
-    ).double()
+    write_global_cmvn(out, kaldi_fbank(tone, num_mel_bins=NUM_MEL_BINS))
+
+
+def write_global_cmvn(out: Path, feats: torch.Tensor) -> None:
+    """out/global_cmvn: CMVN stats of (frames, bins) ``feats`` in wenet's JSON format
+    (sums, not means: wenet divides)."""
+    feats = feats.double()
     stats = {
         "mean_stat": feats.sum(0).tolist(),
         "var_stat": (feats**2).sum(0).tolist(),
@@ -190,26 +190,18 @@ def write_cmvn(out: Path, seed: int) -> None:
     (out / "global_cmvn").write_text(json.dumps(stats))
 
 
-def build_model(out: Path, config: dict[str, Any]) -> torch.nn.Module:
-    """Build the wenet model from the written folder, the way the service will."""
+def build_model(out: Path, config: dict[str, Any] | None = None) -> torch.nn.Module:
+    """Build the wenet model from the written folder, the way the service will.
+
+    ``config`` is the config about to be written; without it, the folder's config.yaml.
+    """
     from wenet.utils.init_model import init_model
 
-    from serve_app.engine.model_loader import init_args, locate_model_files, wenet_configs
+    from serve_app.engine.model_loader import init_args, read_config, resolve_config_paths
 
-    files = locate_model_files(out, checkpoint_name=None) if list(out.glob("*.pt")) else None
-    configs = wenet_configs(files) if files else _configs_without_checkpoint(out, config)
-    model, _ = init_model(init_args(), configs)
+    configs = read_config(out / "config.yaml") if config is None else config
+    model, _ = init_model(init_args(), resolve_config_paths(out, configs))
     return model
-
-
-def _configs_without_checkpoint(out: Path, config: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
-    configs = copy.deepcopy(config)
-    configs["cmvn_conf"]["cmvn_file"] = str(out / "global_cmvn")
-    configs["tokenizer_conf"]["bpe_path"] = str(out / "tk.model")
-    configs["tokenizer_conf"]["symbol_table_path"] = str(out / "tk.units.txt")
-    return configs
 
 
 def speechlike_audio(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
@@ -244,17 +236,8 @@ def shape_output_biases(model: torch.nn.Module, size: str, seed: int) -> None:
     so that about 70% of frames are blank. The attention decoders get an <eos> bias so
     their hypotheses end after a few tokens instead of running to the length cap.
     """
-    from torchaudio.compliance import kaldi
-
     _relate_language_layers(model, seed)
-    audio = calibration_audio(seed)
-    feats = kaldi.fbank(
-        audio.unsqueeze(0),
-        num_mel_bins=NUM_MEL_BINS,
-        dither=0.0,
-        energy_floor=0.0,
-        sample_frequency=16000,
-    ).unsqueeze(0)
+    feats = kaldi_fbank(calibration_audio(seed), num_mel_bins=NUM_MEL_BINS).unsqueeze(0)
     model.eval()
     with torch.no_grad():
         both = feats.expand(2, -1, -1)
@@ -346,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     path = make_model(
         args.size, args.out, seed=args.seed, timings_adjustment_ms=args.timings_adjustment_ms
     )
-    params = sum(p.numel() for p in build_model(path, {}).parameters())
+    params = sum(p.numel() for p in build_model(path).parameters())
     print(f"wrote {args.size} model to {path} ({params / 1e6:.1f}M parameters)")
     return 0
 

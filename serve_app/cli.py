@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from serve_app.engine.formats import RESPONSE_FORMATS
+from serve_app.engine.options import DECODING_MODES
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
 DEMO_MODEL_DIR = ROOT / "models" / "demo"
@@ -20,11 +23,11 @@ PORT = 8765
 
 
 def demo_model(path: Path = DEMO_MODEL_DIR) -> Path:
-    """The committed demo model (real speech; rebuilt by scripts/train_demo_model.py)."""
+    """The committed demo model (real speech; rebuilt by `make demo-model`)."""
     if not (path / "config.yaml").is_file():
         raise SystemExit(
             f"the demo model is missing from {path}; restore it with `git checkout -- "
-            "models/demo` or rebuild it with `python scripts/train_demo_model.py`"
+            "models/demo` or rebuild it with `make demo-model`"
         )
     return path
 
@@ -78,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("files", nargs="+")
     tr.add_argument("--model", default=None, help="model folder or name (default: models/demo)")
     tr.add_argument("--device", default="auto")
-    tr.add_argument("--mode", default="attention_rescoring")
+    tr.add_argument("--mode", default="attention_rescoring", choices=DECODING_MODES)
     tr.add_argument("--verbatimicity", type=float, default=1.0)
-    tr.add_argument("--format", default="text")
+    tr.add_argument("--format", default="text", choices=RESPONSE_FORMATS)
     tr.set_defaults(func=cmd_transcribe)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -30,7 +30,9 @@ def deploy_config(
     with httpx.Client(base_url=dashboard_url, timeout=30) as client:
         response = client.put(_APPLICATIONS, json=config)
         if response.status_code != 200:
-            raise RuntimeError(f"Serve refused the config ({response.status_code}): {response.text}")
+            raise RuntimeError(
+                f"Serve refused the config ({response.status_code}): {response.text}"
+            )
         names = {app["name"] for app in config["applications"]}
         deadline = time.monotonic() + timeout_s
         while True:

@@ -22,7 +22,7 @@ from serve_app.engine.audio import (
     duration_seconds,
     to_int16_scale,
 )
-from serve_app.engine.errors import (
+from serve_app.wire import (
     AudioDecodeError,
     AudioTooLongError,
     EmptyAudioError,

@@ -4,29 +4,17 @@ shape of the results (and, in the A/B, that both searches agree)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench import engine_sweep, gpu_bench, search_ab
 
 
 def test_engine_sweep_runs(tiny_model_dir, tmp_path):
-    sweep = _load("engine_sweep")
     out = tmp_path / "sweep.json"
     argv = ["--model", str(tiny_model_dir), "--batch-sizes", "1", "2", "--budget-s", "1"]
     argv += ["--clip-seconds", "1", "1.5", "--rounds", "1", "--profile-batch", "2"]
     argv += ["--mix-clips", "20", "--modes", "ctc_greedy_search", "--json", str(out)]
-    assert sweep.main(argv) == 0
+    assert engine_sweep.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["sweep"]["samples"]["ctc_greedy_search"]["1"]
     pad = {r["batch_size"]: r for r in result["padding"]["rows"]}
@@ -37,17 +25,15 @@ def test_engine_sweep_runs(tiny_model_dir, tmp_path):
 
 
 def test_arrival_packer_respects_budget():
-    sweep = _load("engine_sweep")
-    batches = sweep.pack_in_order([100, 2000, 50, 60], max_padded=2100, forward_cost=10)
+    batches = engine_sweep.pack_in_order([100, 2000, 50, 60], max_padded=2100, forward_cost=10)
     assert [x for b in batches for x in b] == [100, 2000, 50, 60]
     assert all(len(b) == 1 or len(b) * max(b) <= 2100 for b in batches)
 
 
 def test_gpu_bench_smoke(tiny_model_dir, tmp_path):
-    gpu = _load("gpu_bench")
     argv = ["--smoke", "--model", str(tiny_model_dir), "--out", str(tmp_path)]
     argv += ["--mode", "ctc_greedy_search"]
-    assert gpu.main(argv) == 0
+    assert gpu_bench.main(argv) == 0
     result = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert {c["precision"] for c in result["cells"]} == {"fp32", "bf16"}
     assert all(c["errors"] == 0 and c["rtfx"] > 0 for c in result["cells"])
@@ -55,11 +41,10 @@ def test_gpu_bench_smoke(tiny_model_dir, tmp_path):
 
 
 def test_search_ab_runs_and_both_searches_agree(tiny_model_dir, tmp_path):
-    ab = _load("search_ab")
     out = tmp_path / "ab.md"
     argv = ["--model", str(tiny_model_dir), "--batch-sizes", "3", "--rounds", "1"]
     argv += ["--clip-seconds", "2", "--beam-size", "4", "--md", str(out)]
-    assert ab.main(argv) == 0
+    assert search_ab.main(argv) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ctc_")]
     rows += [line for line in out.read_text().splitlines() if line.startswith("| attention_")]
     assert len(rows) == 2

@@ -1,7 +1,7 @@
 """Accuracy of the committed demo model on held-out synthesised speech.
 
-The model in models/demo and the clips in tests/data/demo come from
-scripts/train_demo_model.py (nothing here trains). The held-out clips use sentences
+The model in models/demo and the clips in tests/data/demo come from the recipe in
+scripts/demo_model/ (nothing here trains). The held-out clips use sentences
 and voice variants that training never saw; every word's true start and end is in
 the manifest because the clips are concatenations of trimmed single-word clips.
 """
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib.util
 import json
 import statistics
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -23,14 +21,19 @@ import pytest
 import torch
 import yaml
 
+from scripts.demo_model import corpus, losses, model_config
+from scripts.demo_model.data import ExampleStream
+from scripts.demo_model.tts import Voice
 from serve_app.engine.audio import as_waveform
 from serve_app.engine.options import DecodeOptions
 from serve_app.engine.transcriber import Request, Transcriber
 
+# Loads and decodes with the real demo model: minutes on 2 cores.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "demo"
 DATA_DIR = ROOT / "tests" / "data" / "demo"
-RECIPE = ROOT / "scripts" / "train_demo_model.py"
 FILLERS = {"um", "uh"}
 ALL_MODES = (
     "ctc_greedy_search",
@@ -57,10 +60,16 @@ def waveform(name: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def demo_model():
+    """The committed model, decoded on one thread (as measured in its README); the
+    thread count is restored afterwards so later tests run as they would alone."""
     from serve_app.engine.model import load_model
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return load_model(str(MODEL_DIR), device="cpu")
+    try:
+        yield load_model(str(MODEL_DIR), device="cpu")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -129,44 +138,32 @@ def test_vocabulary_and_test_data():
     assert held_variants - set(recipe["training_voice_variants"]), "no unseen voice variant"
 
 
-@cache
-def recipe_module():
-    """The recipe script as a module, executed once per test session."""
-    spec = importlib.util.spec_from_file_location("demo_recipe", RECIPE)
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["demo_recipe"] = script  # dataclasses look their module up
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_heldout_sentences_were_not_trained_on():
     """Replays the recipe's seeded sentence plan (no synthesis) and checks the overlap."""
     recipe = manifest()["recipe"]
-    script = recipe_module()
-    voices, _, plan = script.training_plan(recipe["seed"], recipe["voices"], recipe["utterances"])
+    voices, _, plan = corpus.training_plan(recipe["seed"], recipe["voices"], recipe["utterances"])
     assert {v.variant for v in voices} <= set(recipe["training_voice_variants"])
     trained = {" ".join(clean) for _, clean, _ in plan}
     for c in clips("heldout") + clips("hard"):
         assert c["text_nonverbatim"] not in trained, c["file"]
-    assert len(script.VOCABULARY) >= 100
+    assert len(corpus.VOCABULARY) >= 100
 
 
 def test_training_stream_keeps_fillers_only_in_verbatim_targets():
     """Verbatim targets (cat_emb [1, 0]) keep the plan's filler; non-verbatim ones drop it."""
     import sentencepiece as spm
 
-    script = recipe_module()
-    voice = script.Voice("en-us", "", 160, 50)
+    voice = Voice("en-us", "", 160, 50)
     rng = np.random.default_rng(0)
     plan_words = ["call", "the", "team", "at", "five"]
     lexicon = {
         (voice, w): 0.1 * rng.standard_normal(3200).astype(np.float32)
-        for w in [*plan_words, *script.FILLERS]
+        for w in [*plan_words, *corpus.FILLERS]
     }
     sp = spm.SentencePieceProcessor(model_file=str(MODEL_DIR / "tk.model"))
-    filler_ids = {sp.piece_to_id("\u2581" + f) + 1 for f in script.FILLERS}
+    filler_ids = {sp.piece_to_id("\u2581" + f) + 1 for f in corpus.FILLERS}
     plan = [(["call", "um", "the", "team", "at", "five"], plan_words, voice)] * 16
-    stream = script.ExampleStream(plan, lexicon, sp, seed=1, pool_size=16)
+    stream = ExampleStream(plan, lexicon, sp, seed=1, pool_size=16)
     counts = [(sum(t in filler_ids for t in e.target), e.style) for e in stream.pool(0)]
     assert {c for c, style in counts if style == [1.0, 0.0]} == {1}
     assert {c for c, style in counts if style == [0.0, 1.0]} == {0}
@@ -181,7 +178,7 @@ def test_widened_causal_convolution_keeps_its_output_past_the_first_frames():
     causal = ConvolutionModule(8, 5, torch.nn.SiLU(), "layer_norm", causal=True)
     centred = ConvolutionModule(8, 9, torch.nn.SiLU(), "layer_norm", causal=False)
     state = {f"conv.{k}": v for k, v in causal.state_dict().items()}
-    widened = recipe_module().widen_causal_convs(state, 9)
+    widened = model_config.widen_causal_convs(state, 9)
     centred.load_state_dict({k.removeprefix("conv."): v for k, v in widened.items()})
     x = torch.randn(2, 40, 8)
     with torch.no_grad():
@@ -192,16 +189,15 @@ def test_widened_causal_convolution_keeps_its_output_past_the_first_frames():
     torch.testing.assert_close(after[:, 4:], before[:, 4:])
     assert not torch.allclose(after[:, :4], before[:, :4])
     with pytest.raises(SystemExit):
-        recipe_module().widen_causal_convs(state, 11)
+        model_config.widen_causal_convs(state, 11)
 
 
 def test_guided_attention_probe_sees_the_decoder_and_scores_misplaced_attention(demo_model):
     """The recipe's guided cross-attention: the probe must read the real decoder's
     weights, and the loss must be 0 for attention on each token's own frames, high for
     attention on another token's, and skip rows whose onsets do not match the target."""
-    script = recipe_module()
     model = copy.deepcopy(demo_model.model)
-    probe = script.CrossAttentionProbe(model)
+    probe = losses.CrossAttentionProbe(model)
     enc = torch.randn(2, 40, model.encoder.output_size())
     mask = torch.ones(2, 1, 40, dtype=torch.bool)
     mask[1, :, 30:] = False
@@ -229,11 +225,11 @@ def test_guided_attention_probe_sees_the_decoder_and_scores_misplaced_attention(
         return [w, w]
 
     on_own = attending([*onsets, 30])  # <eos> looks after the last onset
-    assert float(script.guided_attention_loss(on_own, frames, lens)) == 0.0
+    assert float(losses.guided_attention_loss(on_own, frames, lens)) == 0.0
     shifted = attending([26, 2, 2, 2])  # every token looks at another token's onset
-    assert float(script.guided_attention_loss(shifted, frames, lens)) == 1.0
+    assert float(losses.guided_attention_loss(shifted, frames, lens)) == 1.0
     half = attending([2, 2, 2, 30])
-    assert float(script.guided_attention_loss(half, frames, lens)) == 0.5
+    assert float(losses.guided_attention_loss(half, frames, lens)) == 0.5
 
 
 # -- accuracy ---------------------------------------------------------------------------
@@ -385,19 +381,18 @@ def test_absolute_position_config_loads_through_the_engine(tmp_path):
 
     from serve_app.engine.model import load_model
 
-    script = recipe_module()
     units = len((MODEL_DIR / "tk.units.txt").read_text().splitlines())
     for name in ("global_cmvn", "tk.model", "tk.units.txt"):
         (tmp_path / name).write_bytes((MODEL_DIR / name).read_bytes())
-    config = script.demo_config(
+    config = model_config.demo_config(
         units, 0.0, conv_kernel=29, causal=False, abs_pos=True, ctc_weight=0.25
     )
     torch.manual_seed(0)
-    model = script.build_model(tmp_path, config)
+    model = model_config.build_model(tmp_path, config)
     pos_enc = model.encoder.embed.pos_enc
     assert isinstance(pos_enc, PositionalEncoding)
     assert not isinstance(pos_enc, RelPositionalEncoding)
-    script.write_config(tmp_path, config)
+    model_config.write_config(tmp_path, config)
     torch.save(model.state_dict(), tmp_path / "reverb_demo.pt")
 
     loaded = load_model(str(tmp_path), device="cpu")

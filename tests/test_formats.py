@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve_app.engine.errors import InvalidRequestError
 from serve_app.engine.formats import (
     RESPONSE_FORMATS,
     build_segments,
@@ -26,7 +25,7 @@ from serve_app.engine.formats import (
     make_transcript,
     render,
 )
-from serve_app.engine.types import Segment, Transcript, Word
+from serve_app.wire import InvalidRequestError, Segment, Transcript, Word
 
 # No example database: keep the shared working tree clean; no deadline: CI boxes vary.
 PROPERTY = settings(deadline=None, database=None, max_examples=60)

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from serve_app.engine.errors import ModelLoadError
 from serve_app.engine.model import load_model, select_device
+from serve_app.wire import ModelLoadError
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serve_app.engine.types import Word
+from serve_app.wire import Word
 
 _SPACE = "▁"
 

@@ -7,7 +7,7 @@ from memory, never through a temporary file.
 
 This module is the first code that touches untrusted bytes, so it promises one
 thing: bad input ends as one of the typed errors in
-:mod:`serve_app.engine.errors` (a 4xx for the HTTP layer), never as a stray
+:mod:`serve_app.wire` (a 4xx for the HTTP layer), never as a stray
 PyAV exception that would surface as a 500, and never as an unbounded decode.
 The duration limit is enforced while decoding, so a 10-hour file costs no more
 than decoding the first ``max_seconds`` of it.
@@ -40,7 +40,7 @@ from collections.abc import Iterator
 import av
 import numpy as np
 
-from serve_app.engine.errors import (
+from serve_app.wire import (
     AudioDecodeError,
     AudioTooLongError,
     EmptyAudioError,

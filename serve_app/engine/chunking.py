@@ -9,7 +9,13 @@ letting each chunk travel to a different replica on its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+
+from serve_app.engine.options import DecodeOptions
+from serve_app.wire import ChunkJob, ChunkResult, Word
 
 SAMPLE_RATE = 16000
 FRAME_SHIFT_SAMPLES = 160  # 10 ms
@@ -52,3 +58,19 @@ def plan_chunks(num_samples: int, chunk_frames: int = CHUNK_FRAMES) -> list[Chun
         end_sample = start_sample + (frames - 1) * FRAME_SHIFT_SAMPLES + FRAME_LENGTH_SAMPLES
         plans.append(ChunkPlan(index, start, frames, start_sample, end_sample))
     return plans
+
+
+def chunk_jobs(waveform: np.ndarray, options: DecodeOptions) -> list[ChunkJob]:
+    """One job per chunk on Rev's 2051-frame grid."""
+    return [
+        ChunkJob(waveform[p.start_sample : p.end_sample], p.offset_ms, options)
+        for p in plan_chunks(waveform.shape[0])
+    ]
+
+
+def merge_chunks(results: Sequence[ChunkResult]) -> list[Word]:
+    """Chunk words are already absolute; keep them in time order."""
+    words: list[Word] = []
+    for result in results:
+        words.extend(result.words)
+    return words

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,37 +24,15 @@ from torch.nn.utils.rnn import pad_sequence
 from serve_app.engine.alignment import aligned_words, force_align, rev_words, token_spans
 from serve_app.engine.features import fbank
 from serve_app.engine.model import ReverbModel
-from serve_app.engine.options import DecodeOptions
 from serve_app.engine.packing import pack_cuts
 from serve_app.engine.search import Hyp, search_group
-from serve_app.engine.types import Word
+from serve_app.wire import ChunkJob, ChunkResult
 
 log = logging.getLogger(__name__)
 
 MIN_FEATURE_FRAMES = 7  # conv2d subsampling yields no output frame below this
 DEFAULT_MAX_PADDED_FRAMES = 2051 * 16
 DEFAULT_FORWARD_COST_FRAMES = 1000  # fixed cost of one forward, in padded-frame units
-
-
-@dataclass
-class ChunkJob:
-    """One chunk of one request: 16 kHz float samples in [-1, 1] and its options."""
-
-    samples: np.ndarray
-    offset_ms: int
-    options: DecodeOptions
-
-
-@dataclass
-class ChunkResult:
-    """Words (absolute times) and raw tokens for one chunk job."""
-
-    words: list[Word]
-    tokens: list[int]
-
-    @property
-    def text(self) -> str:
-        return " ".join(w.word for w in self.words)
 
 
 @dataclass
@@ -207,39 +186,17 @@ class BatchDecoder:
         for idx in groups.values():
             opts = rows[idx[0]].job.options
             ctc_probs = ctc_by_penalty[opts.blank_penalty]
-            try:
-                hyps = search_group(
-                    self.model,
-                    opts,
-                    idx,
-                    encoder_out,
-                    encoder_mask,
-                    encoder_lens,
-                    ctc_probs,
-                    cat_embs,
-                )
-            except Exception as exc:
-                if len(idx) == 1:
-                    results[idx[0]] = exc
-                    continue
-                hyps = []
-                for i in idx:
-                    try:
-                        hyps.extend(
-                            search_group(
-                                self.model,
-                                opts,
-                                [i],
-                                encoder_out,
-                                encoder_mask,
-                                encoder_lens,
-                                ctc_probs,
-                                cat_embs,
-                            )
-                        )
-                    except Exception as row_exc:
-                        hyps.append(row_exc)
-            for i, hyp in zip(idx, hyps, strict=True):
+            search = partial(
+                search_group,
+                self.model,
+                opts,
+                encoder_out=encoder_out,
+                encoder_mask=encoder_mask,
+                encoder_lens=encoder_lens,
+                ctc_probs=ctc_probs,
+                cat_embs=cat_embs,
+            )
+            for i, hyp in zip(idx, _search_isolated(search, idx), strict=True):
                 if isinstance(hyp, Exception):
                     results[i] = hyp
                     continue
@@ -290,6 +247,23 @@ class BatchDecoder:
                 columns={c: k for k, c in enumerate(columns)},
             )
         return ChunkResult(words=words, tokens=tokens)
+
+
+def _search_isolated(search: Callable[..., list[Hyp]], idx: list[int]) -> list[Hyp | Exception]:
+    """The group's hypotheses; if the group search fails, each row alone, so one bad
+    row fails only itself."""
+    try:
+        return list(search(idx))
+    except Exception as exc:
+        if len(idx) == 1:
+            return [exc]
+    hyps: list[Hyp | Exception] = []
+    for i in idx:
+        try:
+            hyps.extend(search([i]))
+        except Exception as row_exc:
+            hyps.append(row_exc)
+    return hyps
 
 
 def _first_frames(log_probs: np.ndarray, tokens: list[int], blank_id: int) -> list[int]:

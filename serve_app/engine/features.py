@@ -30,6 +30,9 @@ def kaldi_fbank(
 
     if wave.dim() == 1:
         wave = wave.unsqueeze(0)
+    if wave.dim() != 2 or wave.shape[0] != 1:
+        # kaldi.fbank would quietly take channel 0 of a multi-channel array.
+        raise ValueError(f"expected one mono waveform, got shape {tuple(wave.shape)}")
     return kaldi.fbank(
         wave,
         num_mel_bins=num_mel_bins,

@@ -25,25 +25,29 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, get_args
 
-from serve_app.engine.errors import InvalidRequestError
-from serve_app.engine.types import Segment, Transcript, Word
+from serve_app.wire import InvalidRequestError, Segment, Transcript, Word
 
 __all__ = [
     "MEDIA_TYPES",
     "RESPONSE_FORMATS",
     "TIMESTAMP_GRANULARITIES",
+    "Granularity",
+    "ResponseFormat",
     "build_segments",
     "format_timestamp",
     "make_transcript",
     "render",
 ]
 
-RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json", "ctm")
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "ctm"]
+"""The one list of formats: request models validate against this type, render by it."""
+RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 
-TIMESTAMP_GRANULARITIES: frozenset[str] = frozenset({"word", "segment"})
+Granularity = Literal["word", "segment"]
+TIMESTAMP_GRANULARITIES: frozenset[str] = frozenset(get_args(Granularity))
 
 _TEXT_PLAIN = "text/plain; charset=utf-8"
 _JSON = "application/json"
@@ -182,18 +186,8 @@ def render(
             param="response_format",
         )
     granularities = _check_granularities(timestamp_granularities)
-    media_type = MEDIA_TYPES[response_format]
-    if response_format == "json":
-        return render_json(transcript, granularities), media_type
-    if response_format == "text":
-        return render_text(transcript), media_type
-    if response_format == "verbose_json":
-        return render_verbose_json(transcript, granularities), media_type
-    if response_format == "srt":
-        return render_srt(transcript), media_type
-    if response_format == "vtt":
-        return render_vtt(transcript), media_type
-    return render_ctm(transcript, audio_name), media_type
+    body = _RENDERERS[response_format](transcript, granularities, audio_name)
+    return body, MEDIA_TYPES[response_format]
 
 
 def _check_granularities(values: Iterable[str]) -> frozenset[str]:
@@ -384,3 +378,14 @@ def render_ctm(transcript: Transcript, audio_name: str = "audio") -> str:
 def _ctm_name(audio_name: str) -> str:
     """The CTM first column: whitespace replaced by ``_``; never empty."""
     return _WHITESPACE.sub("_", audio_name) or "audio"
+
+
+_RENDERERS: dict[str, Callable[[Transcript, frozenset[str], str], str | dict[str, Any]]] = {
+    "json": lambda t, granularities, _: render_json(t, granularities),
+    "text": lambda t, _, __: render_text(t),
+    "verbose_json": lambda t, granularities, _: render_verbose_json(t, granularities),
+    "srt": lambda t, _, __: render_srt(t),
+    "vtt": lambda t, _, __: render_vtt(t),
+    "ctm": lambda t, _, audio_name: render_ctm(t, audio_name),
+}
+"""Each format's renderer, called with (transcript, granularities, audio name)."""

@@ -11,14 +11,15 @@ from typing import Any
 
 import torch
 
-from serve_app.engine.errors import ModelLoadError
 from serve_app.engine.model_loader import (
     ModelFiles,
     init_args,
     locate_model_files,
+    model_id,
     resolve_model_dir,
     wenet_configs,
 )
+from serve_app.wire import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def load_model(
     input_layer = configs["encoder_conf"].get("input_layer", "conv2d")
     serving = configs.get("serving_conf") or {}
     return ReverbModel(
-        name=name or (ref if not Path(ref).exists() else Path(ref).name),
+        name=name or model_id(ref),
         files=files,
         model=model,
         tokenizer=tokenizer,

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from serve_app.engine.errors import ModelLoadError
+from serve_app.wire import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,17 @@ class ModelFiles:
     cmvn: Path
     bpe_model: Path
     units: Path
+
+
+def model_id(ref: str) -> str:
+    """The id a model reference is served as: a folder's base name, else the name.
+
+    ``models/demo`` and ``/srv/models/demo/`` are both ``demo``; ``reverb_asr_v1``
+    stays itself. The CLI, the engine and the Serve config all name models this way.
+    """
+    if "/" in ref or os.sep in ref or Path(ref).expanduser().exists():
+        return Path(ref).expanduser().name or ref
+    return ref
 
 
 def resolve_model_dir(

@@ -34,17 +34,57 @@ class DecodeOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    decoding_mode: DecodingMode = "attention_rescoring"
-    verbatimicity: float = Field(1.0, ge=0.0, le=1.0)
-    beam_size: int = Field(10, ge=1, le=64)
-    ctc_weight: float = Field(0.1, ge=0.0, le=1.0)
-    reverse_weight: float = Field(0.0, ge=0.0, le=1.0)
-    blank_penalty: float = Field(0.0, ge=0.0, le=100.0)
-    length_penalty: float = Field(0.0, ge=-10.0, le=10.0)
-    timings_adjustment_ms: float | None = Field(
-        None, ge=0.0, le=2000.0, description="Word-time correction; the model's own when unset."
+    decoding_mode: DecodingMode = Field(
+        "attention_rescoring",
+        description="Search: CTC greedy or prefix beam, attention beam search, CTC "
+        "n-best rescored by the attention decoder (Rev's published WER), or joint "
+        "CTC/attention decoding.",
     )
-    word_timestamps: WordTimestamps = "aligned"
+    verbatimicity: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="1 transcribes every word spoken (fillers, repetitions); 0 gives "
+        "clean, readable text. Values between blend the two styles.",
+    )
+    beam_size: int = Field(10, ge=1, le=64, description="Beam width of the beam searches.")
+    ctc_weight: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the CTC score against the attention score when "
+        "rescoring or joint decoding.",
+    )
+    reverse_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the right-to-left attention decoder in rescoring.",
+    )
+    blank_penalty: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="Subtracted from the CTC blank log-probability; raise it when "
+        "words are dropped.",
+    )
+    length_penalty: float = Field(
+        0.0,
+        ge=-10.0,
+        le=10.0,
+        description="Added per token in attention search; positive favours longer output.",
+    )
+    timings_adjustment_ms: float | None = Field(
+        None,
+        ge=0.0,
+        le=2000.0,
+        description="Word-time correction in ms; the model's own (Rev: 230) when unset.",
+    )
+    word_timestamps: WordTimestamps = Field(
+        "aligned",
+        description="'aligned': word ends from a CTC forced alignment, confidences "
+        "from the posteriors, in every mode. 'rev': Rev's CLI word times, byte for byte.",
+    )
 
     def search_key(self) -> tuple:
         """Options that must be equal for rows to share one search call."""

@@ -36,6 +36,30 @@ class PrefixNbest:
         return self.hyps[0]
 
 
+def _merge_same_prefixes(
+    cand_scores: torch.Tensor, cand_hash: torch.Tensor, cand_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge candidates that name the same prefix (equal hash) by log-add.
+
+    ``cand_scores`` holds every candidate's blank-ending then non-blank-ending score
+    (B, 2N). Returns per run slot the merged pb and pnb, their total (-inf for unused
+    slots) and the run's representative candidate (its first; N where unused).
+    """
+    batch, n_cand = cand_hash.shape
+    # Sort by hash and number the runs of equal hashes.
+    sorted_hash, order = cand_hash.sort(dim=1, stable=True)
+    new_run = torch.ones_like(sorted_hash, dtype=torch.bool)
+    new_run[:, 1:] = sorted_hash[:, 1:] != sorted_hash[:, :-1]
+    seg_sorted = new_run.long().cumsum(1) - 1
+    seg = torch.empty_like(seg_sorted).scatter_(1, order, seg_sorted)
+    merged = _segment_logsumexp(cand_scores, torch.cat([seg, seg + n_cand], 1), 2 * n_cand)
+    m_pb, m_pnb = merged[:, :n_cand], merged[:, n_cand:]
+    rep = torch.full((batch, n_cand), n_cand, dtype=torch.long, device=cand_hash.device)
+    rep = rep.scatter_reduce(1, seg, cand_index, reduce="amin", include_self=True)
+    score = torch.logaddexp(m_pb, m_pnb).masked_fill(rep == n_cand, _NEG_INF)
+    return m_pb, m_pnb, score, rep
+
+
 def _segment_logsumexp(values: torch.Tensor, seg: torch.Tensor, size: int) -> torch.Tensor:
     """log(sum(exp)) of ``values`` (B, N) grouped by ``seg`` (B, N) into (B, size)."""
     shape = (values.shape[0], size)
@@ -102,19 +126,7 @@ def batched_ctc_prefix_beam_search(
         # pb then pnb of every candidate, merged in one segmented log-sum-exp.
         cand_scores = torch.cat([stay_pb, ext_pb, stay_pnb, ext_pnb.flatten(1)], 1)
         cand_hash = torch.cat([hashes, ext_hash.flatten(1)], 1)  # (B, N)
-        # Merge candidates that name the same prefix: sort by hash, number the runs.
-        sorted_hash, order = cand_hash.sort(dim=1, stable=True)
-        new_run = torch.ones_like(sorted_hash, dtype=torch.bool)
-        new_run[:, 1:] = sorted_hash[:, 1:] != sorted_hash[:, :-1]
-        seg_sorted = new_run.long().cumsum(1) - 1
-        seg = torch.empty_like(seg_sorted).scatter_(1, order, seg_sorted)
-        merged = _segment_logsumexp(cand_scores, torch.cat([seg, seg + n_cand], 1), 2 * n_cand)
-        m_pb, m_pnb = merged[:, :n_cand], merged[:, n_cand:]
-        # Each run's first candidate stands for the merged prefix.
-        rep = torch.full((batch, n_cand), n_cand, dtype=torch.long, device=device)
-        rep = rep.scatter_reduce(1, seg, cand_index, reduce="amin", include_self=True)
-        score = torch.logaddexp(m_pb, m_pnb)
-        score = score.masked_fill(rep == n_cand, _NEG_INF)  # unused run slots
+        m_pb, m_pnb, score, rep = _merge_same_prefixes(cand_scores, cand_hash, cand_index)
         pick = score.topk(beam, dim=1).indices  # (B, K)
         src = rep.gather(1, pick).clamp_max(n_cand - 1)  # candidate index
         is_ext = src >= beam

@@ -10,6 +10,7 @@ for Rev's timestamp style, and the other modes, call wenet's own searches with p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,25 @@ class Hyp:
     confidences: list[float] | None
 
 
+@dataclass
+class _Group:
+    """What every search needs: the rows (``idx``, as a list and as a device tensor
+    ``sel``) and the sub-batch's encoder outputs, with the rows' CTC posteriors and
+    lengths already selected (``probs``, ``lens``)."""
+
+    model: ReverbModel
+    opts: DecodeOptions
+    idx: list[int]
+    sel: torch.Tensor
+    probs: torch.Tensor
+    lens: torch.Tensor
+    encoder_out: torch.Tensor
+    encoder_mask: torch.Tensor
+    encoder_lens: torch.Tensor
+    ctc_probs: torch.Tensor
+    cat_embs: torch.Tensor
+
+
 def search_group(
     model: ReverbModel,
     opts: DecodeOptions,
@@ -40,9 +60,7 @@ def search_group(
     ctc_probs: torch.Tensor,
     cat_embs: torch.Tensor,
 ) -> list[Hyp]:
-    from wenet.transformer import search
-
-    m = model
+    """Each row's best hypothesis, for rows that share ``opts``' search options."""
     sel = torch.tensor(idx, device=encoder_out.device)
     if idx == list(range(idx[0], idx[0] + len(idx))):
         # Contiguous rows (always, when a sub-batch shares one search): a view, not
@@ -51,69 +69,120 @@ def search_group(
         lens = encoder_lens[idx[0] : idx[0] + len(idx)]
     else:
         probs, lens = ctc_probs[sel], encoder_lens[sel]
-    mode = opts.decoding_mode
-    if mode == "ctc_greedy_search":
-        # One max over the whole group and one device-to-host copy, not an argmax,
-        # a max and two copies per row.
-        scores, best = probs.max(-1)
-        n = lens.tolist()
-        best_rows, score_rows = best.tolist(), scores.tolist()
-        return [
-            _greedy_path(best_rows[k][: n[k]], score_rows[k][: n[k]], m.blank_id)
-            for k in range(len(idx))
-        ]
-    if mode in ("ctc_prefix_beam_search", "attention_rescoring") and opts.word_timestamps != "rev":
-        # Tensor search over the whole group; word times come from forced alignment.
-        nbests = batched_ctc_prefix_beam_search(probs, lens, opts.beam_size, m.blank_id)
-        if mode == "ctc_prefix_beam_search":
-            return [Hyp(list(nb.hyps[0]) if nb.hyps else [], None, None) for nb in nbests]
-        rescored = batched_attention_rescoring(
-            m.model,
-            nbests,
-            encoder_out[sel],
-            lens,
-            cat_embs[sel],
-            opts.ctc_weight,
-            opts.reverse_weight,
-        )
-        return [Hyp(r.tokens, None, r.confidences) for r in rescored]
-    # Rev's timestamp style: wenet's own searches, whose token times Rev's CTM uses.
-    if mode == "ctc_prefix_beam_search":
-        res = search.ctc_prefix_beam_search(probs, lens, opts.beam_size, None, m.blank_id)
-        return [Hyp(list(r.tokens), list(r.times), None) for r in res]
-    if mode == "attention_rescoring":
-        prefix = search.ctc_prefix_beam_search(probs, lens, opts.beam_size, None, m.blank_id)
-        out = []
-        for k, i in enumerate(idx):
-            # The decoder's batch is the n-best list: expand this row's cat_emb per beam.
-            beams = cat_embs[i : i + 1].expand(len(prefix[k].nbest), -1)
-            r = search.attention_rescoring(
-                m.model,
-                [prefix[k]],
-                encoder_out[i : i + 1],
-                encoder_lens[i : i + 1],
-                opts.ctc_weight,
-                opts.reverse_weight,
-                {"tasks": ["transcribe"], "langs": ["en"]},
-                cat_embs=beams,
-            )[0]
-            out.append(Hyp(list(r.tokens), list(r.times), list(r.tokens_confidence)))
-        return out
-    if mode == "attention":
-        # Beams are laid out row-major (B*N): repeat each row's cat_emb N times.
-        res = search.attention_beam_search(
-            m.model,
-            encoder_out[sel],
-            encoder_mask[sel],
-            opts.beam_size,
-            opts.length_penalty,
-            {"tasks": ["transcribe"] * len(idx), "langs": ["en"] * len(idx)},
-            cat_embs=cat_embs[sel].repeat_interleave(opts.beam_size, dim=0),
-        )
-        return [Hyp(list(r.tokens), None, None) for r in res]
-    if mode == "joint_decoding":
-        return [_joint(model, opts, i, encoder_out, encoder_lens, ctc_probs, cat_embs) for i in idx]
-    raise ValueError(f"unknown decoding mode {mode!r}")
+    group = _Group(
+        model, opts, idx, sel, probs, lens, encoder_out, encoder_mask, encoder_lens,
+        ctc_probs, cat_embs,
+    )  # fmt: skip
+    key = (opts.decoding_mode, opts.word_timestamps == "rev")
+    if key not in _SEARCHES:
+        raise ValueError(f"unknown decoding mode {opts.decoding_mode!r}")
+    return _SEARCHES[key](group)
+
+
+def _greedy(g: _Group) -> list[Hyp]:
+    # One max over the whole group and one device-to-host copy, not an argmax, a max
+    # and two copies per row.
+    scores, best = g.probs.max(-1)
+    n = g.lens.tolist()
+    best_rows, score_rows = best.tolist(), scores.tolist()
+    return [
+        _greedy_path(best_rows[k][: n[k]], score_rows[k][: n[k]], g.model.blank_id)
+        for k in range(len(g.idx))
+    ]
+
+
+def _tensor_prefix_nbests(g: _Group) -> list:
+    """Tensor search over the whole group; word times come from forced alignment."""
+    return batched_ctc_prefix_beam_search(g.probs, g.lens, g.opts.beam_size, g.model.blank_id)
+
+
+def _prefix_beam(g: _Group) -> list[Hyp]:
+    return [Hyp(list(nb.hyps[0]) if nb.hyps else [], None, None) for nb in _tensor_prefix_nbests(g)]
+
+
+def _rescoring(g: _Group) -> list[Hyp]:
+    rescored = batched_attention_rescoring(
+        g.model.model,
+        _tensor_prefix_nbests(g),
+        g.encoder_out[g.sel],
+        g.lens,
+        g.cat_embs[g.sel],
+        g.opts.ctc_weight,
+        g.opts.reverse_weight,
+    )
+    return [Hyp(r.tokens, None, r.confidences) for r in rescored]
+
+
+def _wenet_prefix(g: _Group) -> list:
+    from wenet.transformer import search
+
+    return search.ctc_prefix_beam_search(g.probs, g.lens, g.opts.beam_size, None, g.model.blank_id)
+
+
+def _rev_prefix_beam(g: _Group) -> list[Hyp]:
+    """Rev's timestamp style: wenet's own search, whose token times Rev's CTM uses."""
+    return [Hyp(list(r.tokens), list(r.times), None) for r in _wenet_prefix(g)]
+
+
+def _rev_rescoring(g: _Group) -> list[Hyp]:
+    from wenet.transformer import search
+
+    prefix = _wenet_prefix(g)
+    out = []
+    for k, i in enumerate(g.idx):
+        # The decoder's batch is the n-best list: expand this row's cat_emb per beam.
+        beams = g.cat_embs[i : i + 1].expand(len(prefix[k].nbest), -1)
+        r = search.attention_rescoring(
+            g.model.model,
+            [prefix[k]],
+            g.encoder_out[i : i + 1],
+            g.encoder_lens[i : i + 1],
+            g.opts.ctc_weight,
+            g.opts.reverse_weight,
+            {"tasks": ["transcribe"], "langs": ["en"]},
+            cat_embs=beams,
+        )[0]
+        out.append(Hyp(list(r.tokens), list(r.times), list(r.tokens_confidence)))
+    return out
+
+
+def _attention(g: _Group) -> list[Hyp]:
+    from wenet.transformer import search
+
+    # Beams are laid out row-major (B*N): repeat each row's cat_emb N times.
+    n = len(g.idx)
+    res = search.attention_beam_search(
+        g.model.model,
+        g.encoder_out[g.sel],
+        g.encoder_mask[g.sel],
+        g.opts.beam_size,
+        g.opts.length_penalty,
+        {"tasks": ["transcribe"] * n, "langs": ["en"] * n},
+        cat_embs=g.cat_embs[g.sel].repeat_interleave(g.opts.beam_size, dim=0),
+    )
+    return [Hyp(list(r.tokens), None, None) for r in res]
+
+
+def _joint_rows(g: _Group) -> list[Hyp]:
+    return [
+        _joint(g.model, g.opts, i, g.encoder_out, g.encoder_lens, g.ctc_probs, g.cat_embs)
+        for i in g.idx
+    ]
+
+
+_SEARCHES: dict[tuple[str, bool], Callable[[_Group], list[Hyp]]] = {
+    # (decoding mode, Rev's timestamp style?) -> search
+    ("ctc_greedy_search", False): _greedy,
+    ("ctc_greedy_search", True): _greedy,
+    ("ctc_prefix_beam_search", False): _prefix_beam,
+    ("ctc_prefix_beam_search", True): _rev_prefix_beam,
+    ("attention_rescoring", False): _rescoring,
+    ("attention_rescoring", True): _rev_rescoring,
+    ("attention", False): _attention,
+    ("attention", True): _attention,
+    ("joint_decoding", False): _joint_rows,
+    ("joint_decoding", True): _joint_rows,
+}
 
 
 def _joint(model: ReverbModel, opts, i, encoder_out, encoder_lens, ctc_probs, cat_embs) -> Hyp:

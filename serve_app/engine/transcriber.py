@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve_app.engine.audio import as_waveform
-from serve_app.engine.chunking import SAMPLE_RATE, plan_chunks
-from serve_app.engine.decoder import BatchDecoder, BatchReport, ChunkJob, ChunkResult
+from serve_app.engine.chunking import SAMPLE_RATE, chunk_jobs, merge_chunks
+from serve_app.engine.decoder import BatchDecoder, BatchReport
 from serve_app.engine.formats import make_transcript
 from serve_app.engine.model import ReverbModel
 from serve_app.engine.options import DecodeOptions
-from serve_app.engine.types import Transcript, Word
+from serve_app.wire import ChunkJob, ChunkResult, Transcript
 
 
 @dataclass
@@ -28,22 +28,6 @@ class Request:
 
     audio: bytes | np.ndarray
     options: DecodeOptions
-
-
-def chunk_jobs(waveform: np.ndarray, options: DecodeOptions) -> list[ChunkJob]:
-    """One job per chunk on Rev's 2051-frame grid."""
-    return [
-        ChunkJob(waveform[p.start_sample : p.end_sample], p.offset_ms, options)
-        for p in plan_chunks(waveform.shape[0])
-    ]
-
-
-def merge_chunks(results: Sequence[ChunkResult]) -> list[Word]:
-    """Chunk words are already absolute; keep them in time order."""
-    words: list[Word] = []
-    for result in results:
-        words.extend(result.words)
-    return words
 
 
 class Transcriber:

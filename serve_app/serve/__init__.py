@@ -1,7 +1,7 @@
-"""The Ray Serve shell around the engine: config, HTTP API, deployments and metrics.
+"""The Ray Serve shell around the engine and the pipeline: config, HTTP, deployments.
 
-Everything that decides *what* a transcript is lives in :mod:`serve_app.engine`; this
-package only moves audio and chunks between processes, enforces limits and speaks
-OpenAI-shaped HTTP. Modules that do not import Ray (config, errors, limits, form,
-pipeline, openapi, http_api) can be unit-tested without a cluster.
+What a transcript is lives in :mod:`serve_app.engine`; how a request runs lives in
+:mod:`serve_app.pipeline`. This package moves audio and chunks between processes and
+speaks OpenAI-shaped HTTP. Only ``ingress``, ``transcriber_deployment`` and
+``metrics`` import Ray; the HTTP modules are unit-tested without a cluster.
 """

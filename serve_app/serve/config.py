@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from serve_app.engine.model_loader import model_id
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -101,11 +103,7 @@ class AppConfig(BaseModel):
     @property
     def served_model_name(self) -> str:
         """The id clients see: explicit name, else a folder's base name, else the ref."""
-        if self.model_name:
-            return self.model_name
-        if "/" in self.model or os.sep in self.model or Path(self.model).expanduser().exists():
-            return Path(self.model).expanduser().name or self.model
-        return self.model
+        return self.model_name or model_id(self.model)
 
     @property
     def accepted_model_ids(self) -> list[str]:

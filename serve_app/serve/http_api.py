@@ -1,344 +1,228 @@
-"""The OpenAI-compatible HTTP API as a plain Starlette app over a transcription service.
+"""The OpenAI-compatible HTTP API: FastAPI routes that parse, call the pipeline, render.
 
-The app knows nothing about Ray: it talks to a :class:`TranscriptionService` (the
-Ingress deployment in production, a fake in unit tests). It owns the HTTP contract:
-routes, admission (API key, concurrency, upload size, all before the body is read),
-request parsing, rendering, SSE streaming, and OpenAI-shaped errors for everything,
-Starlette's own 404/405 included.
+The routes hold no admission or decoding logic of their own: the edge middleware
+(:mod:`http_edge`) admits a transcription before its body is read and leaves the
+:class:`Admission` in ``request.state``; the route validates the form (a pydantic
+model, so ``/openapi.json`` is generated from the parser itself), runs the pipeline
+through that admission, and renders. Whoever serves the app provides an
+:class:`HttpBackend` (the Ingress replica in production, a test double in unit
+tests) through ``backend_provider``.
+
+What FastAPI cannot express, and is done here by hand: OpenAI's 400 (not FastAPI's
+422) for validation errors, and an error envelope for FastAPI's own 404/405 (both in
+:mod:`http_errors`); the SSE body as an async generator (FastAPI declares the media
+type in the docs only); and per-deployment limits (body size, API key, CORS origins),
+which come from the replica's config at run time rather than at import time.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import time
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Protocol
 
-from starlette.applications import Starlette
-from starlette.datastructures import FormData
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serve_app.engine.decoder import ChunkResult
-from serve_app.engine.errors import InvalidRequestError, ReverbServeError
+from serve_app import __version__
 from serve_app.engine.formats import render
-from serve_app.engine.options import DecodeOptions
-from serve_app.engine.types import Transcript
+from serve_app.pipeline import Admission, Plan, TranscriptionPipeline, text_delta
 from serve_app.serve.config import AppConfig
-from serve_app.serve.errors import (
-    AuthenticationError,
-    ModelNotFoundError,
-    error_body,
-    error_response,
-    http_exception_response,
-    internal_error_response,
+from serve_app.serve.http_edge import ADMISSION_STATE_KEY, TRANSCRIPTIONS_PATH, EdgeMiddleware
+from serve_app.serve.http_errors import error_body, exception_handlers
+from serve_app.serve.http_models import (
+    ErrorBody,
+    Health,
+    ModelList,
+    ModelObject,
+    Readiness,
+    TranscriptionForm,
+    TranscriptionJson,
+    TranscriptionVerboseJson,
 )
-from serve_app.serve.form import parse_transcription_form
-from serve_app.serve.limits import ConcurrencyLimiter, Slot, check_content_length, limited_receive
-from serve_app.serve.openapi import openapi_schema
-from serve_app.serve.pipeline import Plan, text_delta
+from serve_app.wire import ModelNotFoundError, ReverbServeError, UnknownModelError
 
 log = logging.getLogger("ray.serve")
 
-TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
-_MAX_FORM_FIELDS = 100
+MAX_FORM_FIELDS = 100
+"""Text fields per form: OpenAI's form has about twenty."""
 
 
-class TranscriptionService(Protocol):
-    """What the HTTP layer needs from whoever holds the model handle."""
+class HttpBackend(Protocol):
+    """What the routes need from whoever serves them."""
 
     config: AppConfig
     api_key: str | None
-    limiter: ConcurrencyLimiter
+    pipeline: TranscriptionPipeline
     started_at: int
-
-    async def plan(self, audio: bytes, options: DecodeOptions) -> Plan: ...
-
-    async def complete(self, plan: Plan) -> Transcript: ...
-
-    def results_in_order(self, plan: Plan) -> AsyncIterator[ChunkResult]: ...
 
     async def readiness(self) -> dict[str, Any]: ...
 
     def observe(self, route: str, status: int, seconds: float) -> None: ...
 
 
-def build_http_app(service: TranscriptionService) -> Starlette:
-    """The ASGI app one Ingress replica serves."""
-    api = _HttpApi(service)
-    config = service.config
-    middleware = [Middleware(_ObserveMiddleware, service=service)]
-    if config.cors_origins:
-        # Outside auth, so preflights pass and 401s still carry CORS headers.
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=config.cors_origins,
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type"],
-                expose_headers=["Retry-After"],
-                max_age=600,
-            )
-        )
-    if service.api_key is not None:
-        middleware.append(
-            Middleware(
-                _BearerAuthMiddleware,
-                api_key=service.api_key,
-                retry_after_s=config.retry_after_s,
-            )
-        )
-    return Starlette(
-        routes=[
-            Route(TRANSCRIPTIONS_PATH, api.create_transcription, methods=["POST"]),
-            Route("/v1/models", api.list_models, methods=["GET"]),
-            Route("/v1/models/{model_id:path}", api.retrieve_model, methods=["GET"]),
-            Route("/healthz", api.healthz, methods=["GET"]),
-            Route("/readyz", api.readyz, methods=["GET"]),
-            Route("/openapi.json", api.openapi, methods=["GET"]),
-        ],
-        middleware=middleware,
-        exception_handlers={
-            ClientDisconnect: api.on_client_disconnect,
-            ReverbServeError: api.on_reverb_error,
-            HTTPException: api.on_http_exception,
-            Exception: api.on_unexpected_error,
-        },
+def _backend(request: Request) -> HttpBackend:
+    return request.app.state.backend_provider()
+
+
+Backend = Annotated[HttpBackend, Depends(_backend)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "A bad field or value (param names it).",
+        401: "Missing or wrong API key (only when one is configured).",
+        413: "The upload or its audio is over the configured limit.",
+        415: "The upload is not audio that can be decoded.",
+        503: "At capacity or no model replica; retry after Retry-After seconds.",
+    }.items()
+}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def create_http_app(backend_provider: Callable[[], HttpBackend]) -> FastAPI:
+    """A fresh app whose routes and middleware ask ``backend_provider`` for the backend."""
+    app = FastAPI(
+        title="reverb-serve",
+        version=__version__,
+        summary="Rev's Reverb ASR behind an OpenAI-compatible transcription API.",
+        form_limits={"max_files": 1, "max_fields": MAX_FORM_FIELDS},
+        exception_handlers=exception_handlers(lambda request: _backend(request).config),
+        docs_url=None,
+        redoc_url=None,
     )
+    app.state.backend_provider = backend_provider
+    app.add_middleware(EdgeMiddleware, backend=backend_provider)
+    _add_routes(app)
+    return app
 
 
-class _HttpApi:
-    """Route handlers; one instance per app, closing over the service."""
+def _add_routes(app: FastAPI) -> None:
+    app.post(
+        TRANSCRIPTIONS_PATH,
+        response_model=None,
+        summary="Transcribe audio (OpenAI's createTranscription, plus Reverb options).",
+        responses={
+            200: {
+                "model": TranscriptionJson | TranscriptionVerboseJson,
+                "content": {**_TEXT, **_SSE},
+                "description": "json/verbose_json as JSON; text, srt, vtt and ctm as "
+                "text; stream=true as server-sent events.",
+            },
+            **_ERRORS,
+        },
+    )(create_transcription)
+    app.get("/v1/models", response_model=ModelList)(list_models)
+    app.get(
+        "/v1/models/{model_id:path}",
+        response_model=ModelObject,
+        responses={404: {"model": ErrorBody}},
+    )(retrieve_model)
+    app.get("/healthz", response_model=Health, summary="The Ingress is alive.")(healthz)
+    app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": ErrorBody}},
+        summary="A model replica is loaded and working.",
+    )(readyz)
 
-    def __init__(self, service: TranscriptionService) -> None:
-        self.service = service
-        self.config = service.config
 
-    # -- transcription ------------------------------------------------------------
-
-    async def create_transcription(self, request: Request) -> Response:
-        slot = self.service.limiter.acquire()
-        handed_to_stream = False
-        form: FormData | None = None
-        try:
-            check_content_length(request.headers, self.config.max_upload_bytes)
-            form = await self._read_form(request)
-            parsed = await parse_transcription_form(
-                form,
-                model_ids=self.config.accepted_model_ids,
-                default_model=self.config.served_model_name,
-            )
-            plan = await self.service.plan(parsed.audio, parsed.options)
-            if parsed.stream:
-                handed_to_stream = True
-                return _SlotStreamingResponse(self._sse_events(plan), slot)
-            transcript = await self.service.complete(plan)
-            body, media_type = render(
-                transcript,
-                parsed.response_format,
-                audio_name=parsed.filename,
-                timestamp_granularities=parsed.timestamp_granularities,
-            )
-            if isinstance(body, dict):
-                return JSONResponse(body, media_type=media_type)
-            return Response(body, media_type=media_type)
-        finally:
-            if not handed_to_stream:
-                slot.release()
-            if form is not None:
-                await form.close()
-
-    async def _read_form(self, request: Request) -> FormData:
-        """Parse multipart while counting bytes, so an oversized upload stops early."""
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise InvalidRequestError(
-                "Send the request as multipart/form-data with the audio in a 'file' part.",
-                param="file",
-            )
-        limited = Request(
-            request.scope, limited_receive(request.receive, self.config.max_upload_bytes)
+async def create_transcription(
+    request: Request,
+    backend: Backend,
+    form: Annotated[TranscriptionForm, Form(media_type="multipart/form-data")],
+) -> Response:
+    admission: Admission = getattr(request.state, ADMISSION_STATE_KEY)
+    config = backend.config
+    model = form.model or config.served_model_name
+    if model not in config.accepted_model_ids:
+        raise UnknownModelError(
+            f"The model {model!r} does not exist; use one of "
+            f"{', '.join(config.accepted_model_ids)}.",
+            param="model",
         )
-        return await limited.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
+    audio = await form.file.read()
+    plan = await admission.plan(audio, form.decode_options())
+    if form.stream:
+        return StreamingResponse(
+            _sse_events(admission, plan),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    transcript = await admission.transcript(plan)
+    body, media_type = render(
+        transcript,
+        form.response_format,
+        audio_name=_audio_name(form.file.filename),
+        timestamp_granularities=form.granularities,
+    )
+    if isinstance(body, dict):
+        return JSONResponse(body, media_type=media_type)
+    return Response(body, media_type=media_type)
 
-    async def _sse_events(self, plan: Plan) -> AsyncIterator[str]:
-        """OpenAI's transcription stream: text deltas in chunk order, then the full text.
 
-        Errors after the 200 has gone out are sent as an ``error`` event, which the
-        OpenAI SDK raises as ``APIError``.
-        """
-        text = ""
-        try:
-            async for result in self.service.results_in_order(plan):
-                delta = text_delta(text, result.text)
-                if delta:
-                    text += delta
-                    yield _sse({"type": "transcript.text.delta", "delta": delta})
-            yield _sse({"type": "transcript.text.done", "text": text})
-        except ReverbServeError as exc:
-            yield _sse(error_body(exc.message, error_type=exc.error_type, code=exc.code))
-        except Exception:
-            log.exception("transcription stream failed")
-            yield _sse(
-                error_body(
-                    "The server had an error while streaming.",
-                    error_type="server_error",
-                    code="internal_error",
-                )
+def _audio_name(filename: str | None) -> str:
+    """The upload's base name (CTM's first column), never a client-chosen path."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return name or "audio"
+
+
+async def _sse_events(admission: Admission, plan: Plan) -> AsyncIterator[str]:
+    """OpenAI's transcription stream: text deltas in chunk order, then the full text.
+
+    Errors after the 200 has gone out are sent as an ``error`` event, which the OpenAI
+    SDK raises as ``APIError``.
+    """
+    text = ""
+    try:
+        async for result in admission.results_in_order(plan):
+            delta = text_delta(text, result.text)
+            if delta:
+                text += delta
+                yield _sse({"type": "transcript.text.delta", "delta": delta})
+        yield _sse({"type": "transcript.text.done", "text": text})
+    except ReverbServeError as exc:
+        yield _sse(error_body(exc.message, error_type=exc.error_type, code=exc.code))
+    except Exception:
+        log.exception("transcription stream failed")
+        yield _sse(
+            error_body(
+                "The server had an error while streaming.",
+                error_type="server_error",
+                code="internal_error",
             )
-
-    # -- models -------------------------------------------------------------------
-
-    def _model_object(self, model_id: str) -> dict[str, Any]:
-        return {
-            "id": model_id,
-            "object": "model",
-            "created": self.service.started_at,
-            "owned_by": "rev",
-            "root": self.config.served_model_name,
-        }
-
-    async def list_models(self, request: Request) -> Response:
-        data = [self._model_object(m) for m in self.config.accepted_model_ids]
-        return JSONResponse({"object": "list", "data": data})
-
-    async def retrieve_model(self, request: Request) -> Response:
-        model_id = request.path_params["model_id"]
-        if model_id not in self.config.accepted_model_ids:
-            raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
-        return JSONResponse(self._model_object(model_id))
-
-    # -- health and docs ----------------------------------------------------------
-
-    async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(self, request: Request) -> Response:
-        info = await self.service.readiness()
-        return JSONResponse({"status": "ready", **info})
-
-    async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_schema(self.config))
-
-    # -- errors -------------------------------------------------------------------
-
-    async def on_reverb_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ReverbServeError)
-        return error_response(exc, retry_after_s=self.config.retry_after_s)
-
-    async def on_client_disconnect(self, request: Request, exc: Exception) -> Response:
-        """The client went away mid-upload: nobody reads this, but it is not our error."""
-        return Response(status_code=400)
-
-    async def on_http_exception(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return http_exception_response(exc)
-
-    async def on_unexpected_error(self, request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return internal_error_response()
+        )
 
 
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-class _SlotStreamingResponse(StreamingResponse):
-    """An SSE response that frees its concurrency slot however the stream ends,
-    including a client that disconnects before the first event."""
-
-    def __init__(self, content: AsyncIterator[str], slot: Slot) -> None:
-        super().__init__(
-            content,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self._slot = slot
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._slot.release()
+def _model_object(backend: HttpBackend, model_id: str) -> ModelObject:
+    return ModelObject(
+        id=model_id,
+        object="model",
+        created=backend.started_at,
+        owned_by="rev",
+        root=backend.config.served_model_name,
+    )
 
 
-def _route_path(scope: Scope) -> str:
-    """The path below the app's route prefix (Serve passes the prefix as root_path)."""
-    path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :] or "/"
-    return path
+async def list_models(backend: Backend) -> ModelList:
+    return ModelList(data=[_model_object(backend, m) for m in backend.config.accepted_model_ids])
 
 
-class _BearerAuthMiddleware:
-    """Every /v1 route needs ``Authorization: Bearer <key>``; health and docs stay open."""
-
-    def __init__(self, app: ASGIApp, *, api_key: str, retry_after_s: int) -> None:
-        self.app = app
-        self._key = api_key.encode()
-        self._retry_after_s = retry_after_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _route_path(scope).startswith("/v1"):
-            await self.app(scope, receive, send)
-            return
-        if scope.get("method") == "OPTIONS" or self._authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        error = AuthenticationError(
-            "Missing or incorrect API key: send 'Authorization: Bearer <key>'."
-        )
-        response = error_response(error, retry_after_s=self._retry_after_s)
-        await response(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    return hmac.compare_digest(token.strip(), self._key)
-        return False
+async def retrieve_model(model_id: str, backend: Backend) -> ModelObject:
+    if model_id not in backend.config.accepted_model_ids:
+        raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
+    return _model_object(backend, model_id)
 
 
-class _ObserveMiddleware:
-    """Counts answers by route and status (bounded label set) for Prometheus."""
+async def healthz() -> Health:
+    return Health()
 
-    _ROUTES = (TRANSCRIPTIONS_PATH, "/v1/models", "/healthz", "/readyz", "/openapi.json")
 
-    def __init__(self, app: ASGIApp, *, service: TranscriptionService) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_observed)
-        finally:
-            self.service.observe(self._label(scope), status, time.perf_counter() - started)
-
-    def _label(self, scope: Scope) -> str:
-        path = _route_path(scope)
-        if path in self._ROUTES:
-            return path
-        if path.startswith("/v1/models/"):
-            return "/v1/models/{id}"
-        return "other"
+async def readyz(backend: Backend) -> Readiness:
+    return Readiness(**await backend.readiness())

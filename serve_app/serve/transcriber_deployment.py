@@ -31,13 +31,12 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from serve_app.engine.decoder import BatchDecoder, BatchReport, ChunkJob, ChunkResult
-from serve_app.engine.errors import ReverbServeError
+from serve_app.engine.decoder import BatchDecoder, BatchReport
 from serve_app.engine.model import load_model
 from serve_app.engine.options import DecodeOptions
 from serve_app.serve.config import AppConfig, BatchingConfig
-from serve_app.serve.errors import ChunkDecodeError
 from serve_app.serve.metrics import BatchStats, TranscriberMetrics
+from serve_app.wire import ChunkDecodeError, ChunkJob, ChunkResult, ReverbServeError
 
 log = logging.getLogger("ray.serve")
 
@@ -57,12 +56,12 @@ ChunkOutcome = ChunkResult | ReverbServeError
 
 def _portable(outcome: ChunkResult | Exception) -> ChunkOutcome:
     """Make a row's outcome safe to send back: our typed errors as they are, anything
-    else (a torch error may not even unpickle) as a ``ChunkDecodeError`` 500."""
+    else (a torch error may not even unpickle, and its text is internal detail) as a
+    ``ChunkDecodeError`` 500 that names only the exception's type; the decoder has
+    logged the error itself on this replica."""
     if isinstance(outcome, (ChunkResult, ReverbServeError)):
         return outcome
-    return ChunkDecodeError(
-        f"The model failed on this audio ({type(outcome).__name__}: {outcome})."
-    )
+    return ChunkDecodeError(f"The model failed on this audio ({type(outcome).__name__}).")
 
 
 def _is_fatal(exc: BaseException) -> bool:
@@ -81,21 +80,19 @@ def _is_fatal(exc: BaseException) -> bool:
 class Transcriber:
     """Loads the model once per replica and decodes batches of chunks."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, *, decoder: BatchDecoder | None = None) -> None:
+        """Load the model (or take ``decoder``: tests pass a fake one to drive the health
+        logic without a model or a device)."""
         self._config = config
-        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
-        self._model = load_model(
-            config.model,
-            device=config.device,
-            cache_dir=cache_dir,
-            checkpoint_name=config.checkpoint_name,
-            name=config.served_model_name,
-        )
-        kwargs = {}
-        if config.max_padded_frames is not None:
-            kwargs["max_padded_frames"] = config.max_padded_frames
-        self._decoder = BatchDecoder(self._model, **kwargs)
+        self._decoder = decoder if decoder is not None else _load_decoder(config)
+        model = self._decoder.model
+        self._model_info = {
+            "model": model.name,
+            "device": str(model.device),
+            "parameters": model.num_parameters(),
+        }
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-decode")
+        self._batching = DEFAULT_BATCHING
         self._reconfigures = 0
         self._stats = BatchStats()
         self._metrics = TranscriberMetrics()
@@ -106,36 +103,23 @@ class Transcriber:
         self._failed_batches_in_a_row = 0
         self._fatal: str | None = None
         log.info(
-            "Transcriber loaded %s on %s (%d parameters)",
-            self._model.name,
-            self._model.device,
-            self._model.num_parameters(),
+            "Transcriber loaded %(model)s on %(device)s (%(parameters)d parameters)",
+            self._model_info,
         )
 
     # -- configuration ------------------------------------------------------------
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
-        """Apply new batching settings to the live batch queue; no restart, no reload."""
+        """Apply new batching settings to the live batch queue; no restart, no reload.
+
+        ``max_batch_size`` above the deployment's ``max_ongoing_requests`` cannot be
+        reached (a replica holds no more calls than it admits); the config docs say so.
+        """
         batching = BatchingConfig.model_validate(user_config or {})
         self._decode_batch.set_max_batch_size(batching.max_batch_size)
         self._decode_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._batching = batching
         self._reconfigures += 1
-        admitted = self._max_ongoing_requests()
-        if admitted is not None and admitted < batching.max_batch_size:
-            log.warning(
-                "max_batch_size %d exceeds this replica's max_ongoing_requests %d, so "
-                "batches stop at %d; raise max_ongoing_requests in the deployment config.",
-                batching.max_batch_size,
-                admitted,
-                admitted,
-            )
-
-    @staticmethod
-    def _max_ongoing_requests() -> int | None:
-        try:
-            return serve.get_replica_context()._deployment_config.max_ongoing_requests
-        except Exception:  # private attribute; only used for a warning
-            return None
 
     # -- the batched path ---------------------------------------------------------
 
@@ -155,6 +139,10 @@ class Transcriber:
         batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s,
     )
     async def _decode_batch(self, jobs: list[ChunkJob]) -> list[ChunkOutcome]:
+        return await self._run_batch(jobs)
+
+    async def _run_batch(self, jobs: list[ChunkJob]) -> list[ChunkOutcome]:
+        """One batch on the worker thread, holding the gate; never raises."""
         started = time.perf_counter()
         self._device_free.clear()
         try:
@@ -175,11 +163,17 @@ class Transcriber:
         return [_portable(o) for o in outcomes]
 
     def _track_failures(self, outcomes: list[ChunkResult | Exception], report: BatchReport) -> None:
-        if report.rows and report.failed_rows == report.rows:
+        """Count batches in which the model failed every row. A row refused for its own
+        content (a typed error) is the caller's problem and never counts, so a caller
+        cannot get a healthy replica restarted by sending bad rows."""
+        model_failures = [
+            o for o in outcomes if isinstance(o, Exception) and not isinstance(o, ReverbServeError)
+        ]
+        if outcomes and len(model_failures) == len(outcomes):
             self._failed_batches_in_a_row += 1
-        elif report.rows:
+        elif outcomes:
             self._failed_batches_in_a_row = 0
-        for outcome in outcomes:
+        for outcome in model_failures:
             if isinstance(outcome, Exception) and _is_fatal(outcome):
                 self._fatal = f"{type(outcome).__name__}: {outcome}"
 
@@ -216,11 +210,7 @@ class Transcriber:
     async def ready(self) -> dict[str, Any]:
         """What /readyz reports; raises if the model is unusable."""
         await self.check_health()
-        return {
-            "model": self._model.name,
-            "device": str(self._model.device),
-            "parameters": self._model.num_parameters(),
-        }
+        return dict(self._model_info)
 
     async def stats(self, reset_peak: bool = False) -> dict[str, Any]:
         """Batching counters for this replica, plus who it is (to spot restarts).
@@ -237,14 +227,28 @@ class Transcriber:
             self._peak_in_flight = self._in_flight
         return {
             **self._stats.as_dict(),
-            "max_batch_size": self._decode_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self._decode_batch._get_batch_wait_timeout_s(),
+            **self._batching.model_dump(),
             "reconfigures": self._reconfigures,
             "chunks_in_flight": self._in_flight,
             "peak_chunks_in_flight": peak,
             "replica_id": context.replica_id.unique_id,
             "actor_id": ray.get_runtime_context().get_actor_id(),
             "pid": os.getpid(),
-            "model": self._model.name,
-            "device": str(self._model.device),
+            "model": self._model_info["model"],
+            "device": self._model_info["device"],
         }
+
+
+def _load_decoder(config: AppConfig) -> BatchDecoder:
+    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    model = load_model(
+        config.model,
+        device=config.device,
+        cache_dir=cache_dir,
+        checkpoint_name=config.checkpoint_name,
+        name=config.served_model_name,
+    )
+    kwargs = {}
+    if config.max_padded_frames is not None:
+        kwargs["max_padded_frames"] = config.max_padded_frames
+    return BatchDecoder(model, **kwargs)

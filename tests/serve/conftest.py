@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +70,7 @@ class ServeCluster:
 
     port: int
     model_dir: Path
+    dashboard_url: str
 
     @property
     def base_url(self) -> str:
@@ -127,26 +127,22 @@ class ServeCluster:
         }
 
     def apply(self, batching: dict[str, Any] | None = None) -> None:
-        """Deploy (or update) the apps as ``serve deploy`` would, and wait until running."""
-        from ray import serve
-        from ray.serve.context import _get_global_client
-        from ray.serve.schema import ServeDeploySchema
+        """Deploy (or update) the apps through Serve's REST API, as ``serve deploy``
+        does, and wait until they run."""
+        from serve_app.deploy import deploy_config
 
-        schema = ServeDeploySchema.model_validate(self.config(batching))
-        _get_global_client().deploy_apps(schema, _blocking=False)
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-        names = {app["name"] for app in self.config()["applications"]}
-        while True:
-            statuses = serve.status().applications
-            states = {n: statuses[n].status if n in statuses else "MISSING" for n in names}
-            failed = {n: statuses[n].message for n, s in states.items() if s == "DEPLOY_FAILED"}
-            if failed:
-                raise RuntimeError(f"test apps failed to deploy: {failed}")
-            if all(s == "RUNNING" for s in states.values()):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"test apps not running after {DEPLOY_TIMEOUT_S} s: {states}")
-            time.sleep(0.5)
+        deploy_config(
+            {**self.serve_options(), **self.config(batching)},
+            dashboard_url=self.dashboard_url,
+            timeout_s=DEPLOY_TIMEOUT_S,
+        )
+
+    def serve_options(self) -> dict[str, Any]:
+        """Where Serve listens: one proxy on the head node, loopback, the chosen port."""
+        return {
+            "proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": self.port},
+        }
 
 
 @pytest.fixture(scope="session")
@@ -157,17 +153,21 @@ def serve_cluster(tiny_model_dir) -> Iterator[ServeCluster]:
     from ray import serve
     from ray.job_config import JobConfig
 
-    ray.init(
+    ray_context = ray.init(
         num_cpus=8,  # logical: lets CPU-reserving deployments fit on a 2-core box
-        include_dashboard=False,
+        include_dashboard=True,  # Serve's REST API (what `serve deploy` talks to) lives there
+        dashboard_host="127.0.0.1",
+        dashboard_port=_free_port(),
         log_to_driver=False,  # replica logs: /tmp/ray/session_latest/logs/serve/
         # Replicas and the app-build task import tests.serve.handle_caller from here.
         job_config=JobConfig(code_search_path=[str(REPO_ROOT)]),
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
-        port = serve.context._get_global_client().http_config.port
-        cluster = ServeCluster(port=port, model_dir=tiny_model_dir)
+        cluster = ServeCluster(
+            port=_free_port(),
+            model_dir=tiny_model_dir,
+            dashboard_url=f"http://{ray_context.dashboard_url}",
+        )
         cluster.apply()
         yield cluster
     finally:
@@ -201,3 +201,12 @@ def guarded(serve_cluster) -> Iterator[Any]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=serve_cluster.guarded_url, timeout=120, headers=headers) as c:
         yield c
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the Serve instance is ``serve`` and ``slow``: starting Ray
+    and the apps takes tens of seconds, so ``make test-fast`` skips them."""
+    for item in items:
+        if "serve_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.serve)
+            item.add_marker(pytest.mark.slow)

@@ -50,3 +50,23 @@ def assert_same_words(got: list[dict], expected: list[dict]) -> None:
     assert [(w["start"], w["end"]) for w in got] == [(w["start"], w["end"]) for w in expected]
     for a, b in zip(got, expected, strict=True):
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+
+
+def verbose_transcript(base_url: str, wav: bytes, **fields: Any) -> dict:
+    """``verbose_json`` with words and segments over plain HTTP; asserts it has words."""
+    import httpx
+
+    response = httpx.post(
+        base_url + "/v1/audio/transcriptions",
+        files={"file": ("clip.wav", wav, "audio/wav")},
+        data={
+            **{k: str(v) for k, v in fields.items()},
+            "response_format": "verbose_json",
+            "timestamp_granularities[]": ["word", "segment"],
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["words"], "the tiny model should produce words for speech-like audio"
+    return body

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serve_helpers import CALLER_APP, MAIN_APP, assert_same_words, wav_bytes
+from serve_helpers import CALLER_APP, MAIN_APP, assert_same_words, verbose_transcript, wav_bytes
 
 pytestmark = pytest.mark.serve
 
@@ -26,22 +26,7 @@ def samples(speech) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def over_http(serve_cluster, samples) -> dict:
-    import httpx
-
-    response = httpx.post(
-        serve_cluster.base_url + "/v1/audio/transcriptions",
-        files={"file": ("clip.wav", wav_bytes(samples), "audio/wav")},
-        data={
-            **{k: str(v) for k, v in OPTIONS.items()},
-            "response_format": "verbose_json",
-            "timestamp_granularities[]": ["word", "segment"],
-        },
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["words"]
-    return body
+    return verbose_transcript(serve_cluster.base_url, wav_bytes(samples), **OPTIONS)
 
 
 def _assert_matches_http(transcript: dict, http_body: dict) -> None:
@@ -56,7 +41,7 @@ def _assert_matches_http(transcript: dict, http_body: dict) -> None:
 def test_driver_handle_with_bytes_matches_http(serve_cluster, samples, over_http):
     from ray import serve
 
-    from serve_app.engine.types import Transcript
+    from serve_app.wire import Transcript
 
     handle = serve.get_app_handle(MAIN_APP)
     transcript = handle.transcribe.remote(wav_bytes(samples), **OPTIONS).result(timeout_s=120)
@@ -83,7 +68,7 @@ def test_another_deployment_through_a_handle_matches_http(serve_cluster, samples
 def test_handle_errors_are_the_typed_engine_errors(serve_cluster, samples):
     from ray import serve
 
-    from serve_app.engine.errors import AudioDecodeError, InvalidRequestError
+    from serve_app.wire import AudioDecodeError, InvalidRequestError
 
     handle = serve.get_app_handle(MAIN_APP)
     with pytest.raises(InvalidRequestError) as info:

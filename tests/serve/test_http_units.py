@@ -1,101 +1,89 @@
-"""The HTTP layer and its helpers without Ray: a fake service stands in for the model.
+"""The HTTP layer without Ray: the real FastAPI app and the real request pipeline, with
+a local chunk decoder standing in for the Transcriber handle.
 
-These pin down behaviour the integration tests cannot observe directly: that a
-declared oversize body is refused before one byte is read, that a chunked one stops
-being read once it crosses the limit, that stream deltas come in chunk order even
-when chunks finish out of order, and that slots are always released.
+These pin down what the integration tests cannot observe directly: that a declared
+oversize body is refused before one byte is read, that a chunked one stops being read
+once it crosses the limit, that stream deltas come in chunk order even when chunks
+finish out of order, that admissions are always released, and that every answer,
+FastAPI's own included, is in OpenAI's error shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from serve_helpers import assert_openai_error
-from starlette.datastructures import FormData, UploadFile
-from starlette.testclient import TestClient
+from fastapi.testclient import TestClient
+from serve_helpers import assert_openai_error, wav_bytes
 
-from serve_app.engine.decoder import ChunkJob, ChunkResult
-from serve_app.engine.errors import AudioDecodeError, InvalidRequestError, OverloadedError
-from serve_app.engine.options import DecodeOptions
-from serve_app.engine.types import Transcript, Word
+from serve_app.engine.chunking import CHUNK_FRAMES
+from serve_app.pipeline import PipelineLimits, TranscriptionPipeline
 from serve_app.serve.config import AppConfig
-from serve_app.serve.errors import ChunkDecodeError, UnavailableError
-from serve_app.serve.form import parse_options, parse_transcription_form
-from serve_app.serve.http_api import build_http_app
-from serve_app.serve.limits import ConcurrencyLimiter
-from serve_app.serve.pipeline import (
-    Plan,
-    decode_all,
-    decode_in_order,
-    text_delta,
-    transcript_from_chunks,
-)
+from serve_app.serve.http_api import create_http_app
+from serve_app.wire import ChunkDecodeError, ChunkJob, ChunkResult, UnavailableError, Word
 
-PROPERTY = settings(deadline=None, database=None, max_examples=60)
 LIMIT = 10_000
+CHUNK_MS = CHUNK_FRAMES * 10
 
 
-class FakeService:
-    """Audio ``b"chunks:N"`` becomes N chunks; chunk i finishes after (N - i) ticks, so
-    the last chunk is ready first. ``b"bad"`` is undecodable, ``b"boom"`` is a bug."""
+def chunks_audio(count: int) -> bytes:
+    """8 kHz WAV long enough for ``count`` chunks (the last one a short tail)."""
+    seconds = CHUNK_MS / 1000 * (count - 1) + 1.0
+    return wav_bytes(np.zeros(int(seconds * 8000), np.float32), rate=8000)
+
+
+class FakeBackend:
+    """The Ingress's part, with chunk i finishing after (10 - i) ticks so the last chunk
+    is ready first; ``fail_chunk`` fails one chunk, ``bug`` raises a plain bug."""
 
     def __init__(self, **config: Any) -> None:
-        self.config = AppConfig(model="fake", max_upload_bytes=LIMIT, **config)
+        self.config = AppConfig(model="fake", **config)
         self.api_key = self.config.resolve_api_key()
-        self.limiter = ConcurrencyLimiter(self.config.max_concurrent_requests)
         self.started_at = 0
         self.observed: list[tuple[str, int]] = []
         self.fail_chunk: int | None = None
+        self.bug = False
         self.ready = True
-
-    async def plan(self, audio: bytes, options: DecodeOptions) -> Plan:
-        if audio == b"bad":
-            raise AudioDecodeError("not audio", param="file")
-        if audio == b"boom":
-            raise RuntimeError("a bug")
-        count = int(audio.split(b":")[1])
-        jobs = [ChunkJob(np.zeros(1, np.float32), 20_000 * i, options) for i in range(count)]
-        return Plan(jobs=jobs, duration=20.0 * count, options=options)
+        self.pipeline = TranscriptionPipeline(
+            self._decode,
+            limits=PipelineLimits(
+                max_upload_bytes=self.config.max_upload_bytes,
+                max_audio_seconds=self.config.max_audio_seconds,
+                max_concurrent_requests=self.config.max_concurrent_requests,
+            ),
+            model_name=self.config.served_model_name,
+        )
 
     async def _decode(self, job: ChunkJob) -> ChunkResult:
-        index = job.offset_ms // 20_000
+        index = round(job.offset_ms / CHUNK_MS)
         await asyncio.sleep(0.01 * (10 - index))
+        if self.bug:
+            raise RuntimeError("a secret bug")
         if index == self.fail_chunk:
             raise ChunkDecodeError("model failed")
-        start = index * 20.0
+        start = index * CHUNK_MS / 1000
         return ChunkResult(
             words=[Word(word=f"w{index}", start=start, end=start + 1, confidence=0.9)],
             tokens=[index],
         )
 
-    async def complete(self, plan: Plan) -> Transcript:
-        return transcript_from_chunks(await decode_all(plan.jobs, self._decode), plan, model="m")
-
-    async def results_in_order(self, plan: Plan) -> AsyncIterator[ChunkResult]:
-        async for result in decode_in_order(plan.jobs, self._decode):
-            yield result
-
     async def readiness(self) -> dict[str, Any]:
         if not self.ready:
             raise UnavailableError("not ready")
-        return {"model": "m"}
+        return {"model": "m", "device": "cpu", "parameters": 1, "in_flight": 0}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.observed.append((route, status))
 
 
-def _client(service: FakeService) -> TestClient:
-    return TestClient(build_http_app(service), raise_server_exceptions=False)
+def _client(backend: FakeBackend) -> TestClient:
+    return TestClient(create_http_app(lambda: backend), raise_server_exceptions=False)
 
 
-def _post(client: TestClient, audio: bytes, **data: str):
+def _post(client: TestClient, audio: bytes, **data: Any):
     return client.post(
         "/v1/audio/transcriptions", files={"file": ("a.wav", audio, "audio/wav")}, data=data
     )
@@ -105,80 +93,148 @@ def _post(client: TestClient, audio: bytes, **data: str):
 
 
 def test_json_and_text_formats():
-    client = _client(FakeService())
-    assert _post(client, b"chunks:3").json() == {"text": "w0 w1 w2"}
-    text = _post(client, b"chunks:2", response_format="text")
+    client = _client(FakeBackend())
+    assert _post(client, chunks_audio(3)).json() == {"text": "w0 w1 w2"}
+    text = _post(client, chunks_audio(2), response_format="text")
     assert text.text == "w0 w1\n"
     assert text.headers["content-type"].startswith("text/plain")
 
 
-def test_stream_deltas_come_in_chunk_order_and_release_the_slot():
-    service = FakeService()
-    response = _post(_client(service), b"chunks:4", stream="true")
+def test_granularities_as_the_sdk_sends_them_and_comma_separated():
+    client = _client(FakeBackend())
+    data = {"response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"]}
+    body = _post(client, chunks_audio(2), **data).json()
+    assert [w["word"] for w in body["words"]] == ["w0", "w1"] and body["segments"]
+    body = _post(client, chunks_audio(1), response_format="verbose_json").json()
+    assert "segments" in body and "words" not in body
+    data = {"response_format": "verbose_json", "timestamp_granularities": "word,segment"}
+    body = _post(client, chunks_audio(1), **data).json()
+    assert "segments" in body and "words" in body
+    bad = {"timestamp_granularities[]": "sentence"}
+    assert_openai_error(_post(client, chunks_audio(1), **bad), 400, param="timestamp_granularities")
+
+
+def test_stream_deltas_come_in_chunk_order_and_release_the_admission():
+    backend = FakeBackend()
+    response = _post(_client(backend), chunks_audio(4), stream="true")
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [json.loads(line[6:]) for line in response.text.split("\n\n") if line]
     assert [e.get("delta") for e in events[:-1]] == ["w0", " w1", " w2", " w3"]
     assert events[-1] == {"type": "transcript.text.done", "text": "w0 w1 w2 w3"}
-    assert service.limiter.in_flight == 0
+    assert backend.pipeline.in_flight == 0
 
 
 def test_a_chunk_failing_mid_stream_sends_an_error_event():
-    service = FakeService()
-    service.fail_chunk = 2
-    response = _post(_client(service), b"chunks:4", stream="true")
+    backend = FakeBackend()
+    backend.fail_chunk = 2
+    response = _post(_client(backend), chunks_audio(4), stream="true")
     events = [json.loads(line[6:]) for line in response.text.split("\n\n") if line]
     assert [e["delta"] for e in events[:-1]] == ["w0", " w1"]
     assert events[-1]["error"]["code"] == "decode_failed"
-    assert service.limiter.in_flight == 0
+    assert backend.pipeline.in_flight == 0
 
 
 def test_a_chunk_failing_fails_the_request_with_its_status():
-    service = FakeService()
-    service.fail_chunk = 1
-    assert_openai_error(_post(_client(service), b"chunks:3"), 500)
-    assert service.limiter.in_flight == 0
+    backend = FakeBackend()
+    backend.fail_chunk = 1
+    assert_openai_error(_post(_client(backend), chunks_audio(3)), 500)
+    assert backend.pipeline.in_flight == 0
 
 
 def test_a_bug_is_a_500_in_openai_shape_without_details():
-    service = FakeService()
-    error = assert_openai_error(_post(_client(service), b"boom"), 500)
-    assert "a bug" not in error["message"]
-    assert service.limiter.in_flight == 0
+    backend = FakeBackend()
+    backend.bug = True
+    error = assert_openai_error(_post(_client(backend), chunks_audio(1)), 500)
+    assert "secret" not in error["message"]
+    assert backend.pipeline.in_flight == 0
 
 
-def test_bad_audio_is_415_and_frees_the_slot():
-    service = FakeService()
-    assert_openai_error(_post(_client(service), b"bad"), 415, param="file")
-    assert service.limiter.in_flight == 0
+def test_bad_audio_is_415_and_releases_the_admission():
+    backend = FakeBackend()
+    assert_openai_error(_post(_client(backend), b"not audio at all"), 415, param="file")
+    assert backend.pipeline.in_flight == 0
+
+
+def test_unknown_model_and_aliases():
+    client = _client(FakeBackend())
+    assert _post(client, chunks_audio(1), model="whisper-1").status_code == 200
+    assert _post(client, chunks_audio(1), model="fake").status_code == 200
+    assert_openai_error(_post(client, chunks_audio(1), model="gpt-9"), 400, param="model")
+
+
+@pytest.mark.parametrize("language", ["en", "EN", "en-US", "english", ""])
+def test_english_is_accepted(language):
+    assert _post(_client(FakeBackend()), chunks_audio(1), language=language).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("data", "param"),
+    [
+        ({"beam_size": "0"}, "beam_size"),
+        ({"verbatimicity": "nan"}, "verbatimicity"),
+        ({"decoding_mode": "beam"}, "decoding_mode"),
+        ({"speed": "2"}, "speed"),
+        ({"language": "fr"}, "language"),
+        ({"temperature": "2"}, "temperature"),
+        ({"stream": "maybe"}, "stream"),
+        ({"response_format": "xml"}, "response_format"),
+    ],
+)
+def test_option_errors_are_400_naming_the_field(data, param):
+    error = assert_openai_error(_post(_client(FakeBackend()), b"x", **data), 400, param=param)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_a_missing_or_text_file_field_is_400():
+    client = _client(FakeBackend())
+    response = client.post(
+        "/v1/audio/transcriptions",
+        files={"model": (None, "whisper-1")},
+    )
+    error = assert_openai_error(response, 400, param="file")
+    assert error["code"] == "missing_required_parameter"
+    response = client.post("/v1/audio/transcriptions", files={"file": (None, "text")})
+    assert_openai_error(response, 400, param="file")
 
 
 def test_over_the_limit_is_503_with_retry_after():
-    service = FakeService(max_concurrent_requests=1, retry_after_s=7)
-    held = service.limiter.acquire()
-    response = _post(_client(service), b"chunks:1")
+    backend = FakeBackend(max_concurrent_requests=1, retry_after_s=7)
+    held = backend.pipeline.admit()
+    response = _post(_client(backend), chunks_audio(1))
     assert_openai_error(response, 503)
     assert response.headers["retry-after"] == "7"
     held.release()
-    assert _post(_client(service), b"chunks:1").status_code == 200
+    assert _post(_client(backend), chunks_audio(1)).status_code == 200
 
 
 def test_readyz_reports_503_when_the_model_is_not_ready():
-    service = FakeService()
-    client = _client(service)
+    backend = FakeBackend()
+    client = _client(backend)
     assert client.get("/readyz").json()["status"] == "ready"
-    service.ready = False
+    backend.ready = False
     response = client.get("/readyz")
     assert_openai_error(response, 503)
     assert "retry-after" in response.headers
 
 
-def test_requests_are_observed_by_route_and_status():
-    service = FakeService()
-    client = _client(service)
+def test_frameworks_own_errors_are_openai_shaped():
+    client = _client(FakeBackend())
+    assert_openai_error(client.get("/nowhere"), 404)
+    assert_openai_error(client.get("/v1/audio/transcriptions"), 405)
+    assert_openai_error(client.get("/v1/models/abc"), 404, param="model")
+
+
+def test_requests_are_observed_by_route_template_and_status():
+    backend = FakeBackend()
+    client = _client(backend)
     client.get("/healthz")
     client.get("/v1/models/abc")
     client.get("/elsewhere")
-    assert service.observed == [("/healthz", 200), ("/v1/models/{id}", 404), ("other", 404)]
+    assert backend.observed == [
+        ("/healthz", 200),
+        ("/v1/models/{model_id:path}", 404),
+        ("other", 404),
+    ]
 
 
 # --------------------------------------------------------------------------- upload limit (ASGI)
@@ -226,7 +282,8 @@ async def _call(app, scope, bodies: list[bytes]) -> tuple[int, dict, int]:
 
 
 def test_declared_oversize_body_is_refused_before_reading():
-    app = build_http_app(FakeService())
+    backend = FakeBackend(max_upload_bytes=LIMIT)
+    app = create_http_app(lambda: backend)
     headers = {
         "content-type": "multipart/form-data; boundary=x",
         "content-length": str(LIMIT + 1),
@@ -234,140 +291,56 @@ def test_declared_oversize_body_is_refused_before_reading():
     status, body, reads = asyncio.run(_call(app, _scope(headers), [b"x" * (LIMIT + 1)]))
     assert status == 413 and body["error"]["code"] == "payload_too_large"
     assert reads == 0
+    assert backend.pipeline.in_flight == 0
 
 
 def test_chunked_oversize_body_stops_being_read_at_the_limit():
-    app = build_http_app(FakeService())
+    backend = FakeBackend(max_upload_bytes=LIMIT)
+    app = create_http_app(lambda: backend)
     head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
     pieces = [head] + [b"\x00" * 1000] * 50  # 50 kB against a 10 kB limit
     headers = {"content-type": "multipart/form-data; boundary=x"}
     status, body, reads = asyncio.run(_call(app, _scope(headers), pieces))
-    assert status == 413 and body["error"]["param"] == "file"
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
     assert reads <= LIMIT // 1000 + 2
+    assert backend.pipeline.in_flight == 0
 
 
 # --------------------------------------------------------------------------- auth and CORS
 
 
 def test_api_key_guards_v1_only():
-    client = _client(FakeService(api_key="k"))
+    client = _client(FakeBackend(api_key="k"))
     assert_openai_error(client.get("/v1/models"), 401)
     assert_openai_error(client.get("/v1/models", headers={"Authorization": "Basic k"}), 401)
     assert client.get("/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
     assert client.get("/healthz").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
 
 
 def test_api_key_from_the_environment(monkeypatch):
     monkeypatch.setenv("TEST_REVERB_KEY", "from-env")
-    client = _client(FakeService(api_key_env="TEST_REVERB_KEY"))
+    client = _client(FakeBackend(api_key_env="TEST_REVERB_KEY"))
     headers = {"Authorization": "Bearer from-env"}
     assert client.get("/v1/models", headers=headers).status_code == 200
     monkeypatch.delenv("TEST_REVERB_KEY")
     with pytest.raises(RuntimeError, match="TEST_REVERB_KEY"):
-        FakeService(api_key_env="TEST_REVERB_KEY")
+        FakeBackend(api_key_env="TEST_REVERB_KEY")
 
 
-def test_no_cors_headers_without_an_allowlist():
-    response = _client(FakeService()).get("/healthz", headers={"Origin": "http://a.example"})
+def test_cors_only_for_the_allowlist():
+    response = _client(FakeBackend()).get("/healthz", headers={"Origin": "http://a.example"})
     assert "access-control-allow-origin" not in response.headers
-
-
-# --------------------------------------------------------------------------- form parsing
-
-
-def _form(**fields: Any) -> FormData:
-    items = [(k, v) for k, v in fields.items()]
-    return FormData(items)
-
-
-def _upload() -> UploadFile:
-    import io
-
-    return UploadFile(io.BytesIO(b"audio"), filename="dir/clip.wav")
-
-
-@pytest.mark.parametrize("language", ["en", "EN", "en-US", "english", ""])
-def test_english_is_accepted(language):
-    form = _form(file=_upload(), language=language)
-    parsed = asyncio.run(parse_transcription_form(form, model_ids=["m"], default_model="m"))
-    assert parsed.filename == "clip.wav" and parsed.audio == b"audio"
-
-
-def test_defaults():
-    parsed = asyncio.run(
-        parse_transcription_form(_form(file=_upload()), model_ids=["m"], default_model="m")
+    client = _client(FakeBackend(cors_origins=["http://a.example"], api_key="k"))
+    preflight = client.options(
+        "/v1/audio/transcriptions",
+        headers={"Origin": "http://a.example", "Access-Control-Request-Method": "POST"},
     )
-    assert parsed.response_format == "json"
-    assert parsed.timestamp_granularities == {"segment"}
-    assert parsed.stream is False
-    assert parsed.options == DecodeOptions()
-
-
-@pytest.mark.parametrize(
-    ("options", "param"),
-    [
-        ({"beam_size": 0}, "beam_size"),
-        ({"verbatimicity": float("nan")}, "verbatimicity"),
-        ({"decoding_mode": "beam"}, "decoding_mode"),
-        ({"speed": 2}, "speed"),
-    ],
-)
-def test_option_errors_name_the_field(options, param):
-    with pytest.raises(InvalidRequestError) as info:
-        parse_options(options)
-    assert info.value.param == param
-    assert info.value.status_code == 400
-
-
-# --------------------------------------------------------------------------- pipeline pieces
-
-
-@PROPERTY
-@given(st.lists(st.lists(st.text(st.characters(categories=["L"]), min_size=1), max_size=4)))
-def test_deltas_concatenate_to_the_final_text(chunks):
-    text = ""
-    for words in chunks:
-        text += text_delta(text, " ".join(words))
-    assert text == " ".join(word for words in chunks for word in words)
-
-
-def test_decode_all_cancels_the_rest_after_a_failure():
-    started: list[int] = []
-    cancelled: list[int] = []
-
-    async def decode(job: ChunkJob) -> ChunkResult:
-        started.append(job.offset_ms)
-        try:
-            if job.offset_ms == 0:
-                raise OverloadedError("full")
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.append(job.offset_ms)
-            raise
-        return ChunkResult(words=[], tokens=[])
-
-    jobs = [ChunkJob(np.zeros(1), i, DecodeOptions()) for i in range(4)]
-
-    async def run() -> None:
-        with pytest.raises(OverloadedError):
-            await decode_all(jobs, decode)
-        await asyncio.sleep(0)
-
-    asyncio.run(run())
-    assert sorted(started) == [0, 1, 2, 3]
-    assert sorted(cancelled) == [1, 2, 3]
-
-
-def test_limiter_slots():
-    limiter = ConcurrencyLimiter(2)
-    a = limiter.acquire()
-    with limiter.slot():
-        assert limiter.in_flight == 2
-        with pytest.raises(OverloadedError):
-            limiter.acquire()
-    a.release()
-    a.release()  # idempotent
-    assert limiter.in_flight == 0
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://a.example"
+    refused = client.get("/v1/models", headers={"Origin": "http://a.example"})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "http://a.example"
 
 
 @pytest.mark.parametrize(
@@ -378,12 +351,36 @@ def test_limiter_slots():
         ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="fi'),
         ("multipart/form-data; boundary=x", b"--x--\r\n"),
         ("application/octet-stream", b"RIFF...."),
+        ("application/json", b'{"file": "x"}'),
     ],
 )
 def test_malformed_requests_are_4xx_never_500(content_type, body):
-    client = _client(FakeService())
-    response = client.post(
+    backend = FakeBackend()
+    response = _client(backend).post(
         "/v1/audio/transcriptions", content=body, headers={"Content-Type": content_type}
     )
     assert 400 <= response.status_code < 500, response.text
     assert_openai_error(response, response.status_code)
+    assert backend.pipeline.in_flight == 0
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+def test_openapi_is_generated_and_documents_every_form_field():
+    from serve_app.serve.http_models import TranscriptionForm
+
+    schema = _client(FakeBackend()).get("/openapi.json").json()
+    assert schema["info"]["version"] == __import__("serve_app").__version__
+    operation = schema["paths"]["/v1/audio/transcriptions"]["post"]
+    ref = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    names = {
+        field.serialization_alias or name for name, field in TranscriptionForm.model_fields.items()
+    }
+    assert names == set(form["properties"])
+    for name in names:
+        assert form["properties"][name].get("description"), name
+    granularities = form["properties"]["timestamp_granularities[]"]
+    assert granularities["items"]["enum"] == ["word", "segment"]
+    assert set(operation["responses"]) >= {"200", "400", "413", "415", "503"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from serve_helpers import verbose_transcript
 
 pytestmark = pytest.mark.serve
 
@@ -32,21 +33,7 @@ def clip(make_wav) -> bytes:
 @pytest.fixture(scope="module")
 def reference(serve_cluster, clip) -> dict:
     """The transcript with words and segments, fetched once over plain HTTP."""
-    import httpx
-
-    response = httpx.post(
-        serve_cluster.base_url + "/v1/audio/transcriptions",
-        files={"file": ("clip.wav", clip, "audio/wav")},
-        data={
-            "response_format": "verbose_json",
-            "timestamp_granularities[]": ["word", "segment"],
-        },
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["words"], "the tiny model should produce words for speech-like audio"
-    return body
+    return verbose_transcript(serve_cluster.base_url, clip)
 
 
 def _create(sdk, clip, **kwargs):

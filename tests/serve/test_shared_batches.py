@@ -130,9 +130,8 @@ def test_a_failing_row_does_not_fail_its_batch(serve_cluster, speech, main_stats
     value back while the rest of the batch decodes."""
     from ray import serve
 
-    from serve_app.engine.decoder import ChunkJob, ChunkResult
     from serve_app.engine.options import DecodeOptions
-    from serve_app.serve.errors import ChunkDecodeError
+    from serve_app.wire import ChunkDecodeError, ChunkJob, ChunkResult
 
     handle = serve.get_deployment_handle("Transcriber", app_name=MAIN_APP)
     options = DecodeOptions(decoding_mode="ctc_greedy_search")
@@ -163,8 +162,8 @@ def _wait_for_batch_size(main_stats, size: int) -> dict[str, Any]:
 def test_reconfigure_changes_batch_size_without_restart(serve_cluster, speech, main_stats):
     from ray import serve
 
-    from serve_app.engine.decoder import ChunkJob
     from serve_app.engine.options import DecodeOptions
+    from serve_app.wire import ChunkJob
 
     before = main_stats()
     assert before["max_batch_size"] == BASE_BATCHING["max_batch_size"]

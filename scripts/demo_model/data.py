@@ -1,0 +1,242 @@
+"""Training and test examples: utterances from word clips, features, targets, batches.
+
+Utterances are concatenations of trimmed word clips with random gaps, so every word's
+true start and end is known; that gives the exact word times of the test manifest and
+the onset labels that break CTC's all-blank plateau. Training examples are assembled
+afresh for every pool (``ExampleStream``), so no waveform repeats although each
+(voice, word) clip is synthesised once. Features are the engine's own fbank, so the
+model is trained on exactly what it is served.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from scripts.demo_model.corpus import Plan
+from scripts.demo_model.tts import Lexicon, Voice
+from serve_app.engine.features import NUM_MEL_BINS, SAMPLE_RATE, fbank
+
+SPEEDS = (0.9, 0.95, 1.05, 1.1, 1.15, 1.2, 1.3)
+"""Speed perturbation factors of training utterances (40% stay at 1.0)."""
+
+
+@dataclass
+class Utterance:
+    """Assembled audio with its two transcripts and the true time of every word."""
+
+    verbatim: list[str]
+    nonverbatim: list[str]
+    audio: np.ndarray
+    times: list[tuple[float, float]]  # true (start, end) of each verbatim word, seconds
+    voice: Voice
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def assemble(
+    words: list[str],
+    clean: list[str],
+    voice: Voice,
+    lexicon: Lexicon,
+    rng: np.random.Generator,
+    *,
+    gap: tuple[float, float] = (0.05, 0.3),
+    snr_db: tuple[float, float] = (22.0, 40.0),
+    lead: tuple[float, float] = (0.1, 0.4),
+    speed: float = 1.0,
+) -> Utterance:
+    """Concatenate word clips with random gaps; add white noise at a random SNR.
+
+    ``speed`` > 1 plays the result faster (Kaldi-style speed perturbation: tempo and pitch
+    together), which stretches espeak's speed range without more synthesis.
+    """
+    pieces: list[np.ndarray] = []
+    times: list[tuple[float, float]] = []
+    pos = int(rng.uniform(*lead) * SAMPLE_RATE)
+    pieces.append(np.zeros(pos, dtype=np.float32))
+    for k, w in enumerate(words):
+        if k:
+            g = int(rng.uniform(*gap) * SAMPLE_RATE)
+            pieces.append(np.zeros(g, dtype=np.float32))
+            pos += g
+        clip = lexicon[(voice, w)]
+        times.append((pos / SAMPLE_RATE, (pos + len(clip)) / SAMPLE_RATE))
+        pieces.append(clip)
+        pos += len(clip)
+    pieces.append(np.zeros(int(rng.uniform(*lead) * SAMPLE_RATE), dtype=np.float32))
+    audio = np.concatenate(pieces)
+    if speed != 1.0:
+        audio, times = perturb_speed(audio, times, speed)
+    speech_rms = float(np.sqrt(np.mean(np.concatenate([lexicon[(voice, w)] for w in words]) ** 2)))
+    snr = rng.uniform(*snr_db)
+    audio = audio + rng.normal(0, speech_rms / 10 ** (snr / 20), audio.shape).astype(np.float32)
+    audio *= rng.uniform(0.4, 0.9) / max(float(np.abs(audio).max()), 1e-6)
+    return Utterance(words, clean, audio.astype(np.float32), times, voice, {"snr_db": snr})
+
+
+def perturb_speed(
+    audio: np.ndarray, times: list[tuple[float, float]], speed: float
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Resample as if recorded at ``speed`` times the rate (rounded to 1/160)."""
+    import torchaudio
+
+    orig = round(SAMPLE_RATE * speed / 100) * 100
+    wave = torchaudio.functional.resample(torch.from_numpy(audio), orig, SAMPLE_RATE)
+    factor = SAMPLE_RATE / orig
+    return wave.numpy(), [(a * factor, b * factor) for a, b in times]
+
+
+@dataclass
+class Example:
+    """One training or validation row, features computed once."""
+
+    feats: torch.Tensor  # (T, 80) float32
+    target: list[int]  # token ids + 1 (0 is <blank>)
+    frames: torch.Tensor  # per encoder frame: token at each word's onset, else blank
+    style: list[float]  # cat_emb: [1, 0] verbatim, [0, 1] non-verbatim
+
+
+class ExampleStream:
+    """Fresh training examples, one pool at a time, from the seeded sentence plan.
+
+    Every pool re-assembles its sentences with new gaps, noise level, gain and speed
+    perturbation and a random transcript style, so the model never sees the same
+    waveform twice although each (voice, word) clip is synthesised only once. The
+    stream is deterministic in ``seed``.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        lexicon: Lexicon,
+        sp: Any,
+        seed: int,
+        pool_size: int = 400,
+        long_fraction: float = 0.0,
+        long_from_pool: int = 0,
+    ) -> None:
+        self.plan, self.lexicon, self.sp = plan, lexicon, sp
+        self.seed, self.pool_size = seed, pool_size
+        # Share of utterances that join 3-6 sentences (10-25 s): the engine decodes
+        # 20 s chunks, far longer than one grammar sentence.
+        # Joined utterances start at pool ``long_from_pool``: alignments are learnt on
+        # single sentences first.
+        self.long_fraction, self.long_from_pool = long_fraction, long_from_pool
+
+    def pool(self, k: int) -> list[Example]:
+        """Pool ``k``, seeded by (seed, k) alone: pools can be built in any thread or order."""
+        rng = random.Random(self.seed * 1000 + k)
+        nrng = np.random.default_rng(self.seed * 1000 + k)
+        start = (k * self.pool_size) % len(self.plan)
+        items = (self.plan + self.plan)[start : start + self.pool_size]
+        out = []
+        i = 0
+        long_ok = self.long_fraction > 0 and k >= self.long_from_pool
+        while i < len(items):
+            n = 1
+            if long_ok and rng.random() < self.long_fraction:
+                n = rng.randint(3, 6)
+            group = items[i : i + n]
+            i += n
+            verbatim_words = [w for v, _, _ in group for w in v]
+            clean = [w for _, c, _ in group for w in c]
+            voice = group[0][2]
+            speed = 1.0 if rng.random() < 0.4 else rng.choice(SPEEDS)
+            snr = (22.0, 40.0) if rng.random() < 0.8 else (4.0, 22.0)
+            utt = assemble(
+                verbatim_words, clean, voice, self.lexicon, nrng, speed=speed, snr_db=snr
+            )
+            out.append(self.example(utt, verbatim=rng.random() < 0.5))
+        return out
+
+    def example(self, utt: Utterance, verbatim: bool) -> Example:
+        """Features, tokens and onset labels of one utterance in one transcript style."""
+        feats = fbank(utt.audio)
+        words = utt.verbatim if verbatim else utt.nonverbatim
+        return Example(
+            feats,
+            [i + 1 for i in self.sp.encode(" ".join(words))],
+            onset_labels(utt, self.sp, encoder_frames(feats.shape[0]), verbatim=verbatim),
+            [1.0, 0.0] if verbatim else [0.0, 1.0],
+        )
+
+
+def encoder_frames(num_feats: int) -> int:
+    """Output frames of conv2d 4x subsampling (two 3x3 stride-2 convolutions)."""
+    return ((num_feats - 3) // 2 + 1 - 3) // 2 + 1
+
+
+def onset_labels(utt: Utterance, sp: Any, num_frames: int, verbatim: bool) -> torch.Tensor:
+    """Frame targets that put each word's tokens on the frames at its true start.
+
+    An auxiliary cross-entropy on these breaks CTC's all-blank plateau within a few
+    hundred steps (plain CTC needs thousands) and teaches spikes at word onsets, so
+    aligned word starts need no correction. Non-verbatim labels leave fillers and
+    repeated words blank.
+    """
+    labels = torch.zeros(num_frames, dtype=torch.long)
+    j = 0
+    for word, (start, _) in zip(utt.verbatim, utt.times, strict=True):
+        keep = verbatim or (j < len(utt.nonverbatim) and word == utt.nonverbatim[j])
+        if not verbatim and keep:
+            j += 1
+        if not keep:
+            continue
+        k = round(start / 0.04)
+        for n, piece in enumerate(sp.encode(word)):
+            if k + n < num_frames:
+                labels[k + n] = piece + 1
+    return labels
+
+
+def spec_augment(x: torch.Tensor, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Two frequency masks of up to 8 bins, filled with the mean feature."""
+    x = x.clone()
+    for _ in range(2):
+        w = int(torch.randint(0, 9, (1,), generator=gen))
+        f0 = int(torch.randint(0, NUM_MEL_BINS - w, (1,), generator=gen))
+        x[:, f0 : f0 + w] = fill[f0 : f0 + w]
+    return x
+
+
+def make_batches(examples: list[Example], max_frames: int, rng: random.Random) -> list[list[int]]:
+    """Length-sorted batches under a padded-frame budget, in shuffled order.
+
+    Sorting keeps padding small (a CPU step's cost is padded frames); shuffling the
+    batches keeps long and short ones mixed through the pool.
+    """
+    order = sorted(range(len(examples)), key=lambda i: examples[i].feats.shape[0])
+    batches, cur, longest = [], [], 0
+    for i in order:
+        n = examples[i].feats.shape[0]
+        if cur and max(longest, n) * (len(cur) + 1) > max_frames:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[Example], fill: torch.Tensor, gen: torch.Generator) -> dict[str, Any]:
+    """The batch dict wenet's ASRModel reads, with SpecAugment applied per row."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    feats = [spec_augment(e.feats, fill, gen) for e in examples]
+    return {
+        "feats": pad_sequence(feats, batch_first=True),
+        "feats_lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.int32),
+        "target": pad_sequence(
+            [torch.tensor(e.target) for e in examples], batch_first=True, padding_value=-1
+        ),
+        "target_lengths": torch.tensor([len(e.target) for e in examples], dtype=torch.int32),
+        "cat_embs": torch.tensor([e.style for e in examples]),
+        "langs": ["en"] * len(examples),
+        "tasks": ["transcribe"] * len(examples),
+    }

@@ -1,0 +1,213 @@
+"""One request pipeline for every entry point: admit -> decode + plan -> fan out ->
+gather or stream -> transcript.
+
+The HTTP routes, the Serve handle method and (later) realtime finals all call this
+module, so they admit, limit, decode and merge in exactly one way. It knows neither
+Starlette nor Ray: the caller passes a ``decode_chunk`` coroutine (one Transcriber
+call through a Serve handle in production, a local decoder in tests).
+
+Why chunks: each chunk of a request is its own call, so a long file's chunks spread
+over every replica and share batches with other callers' clips. Results come back in
+chunk order however the calls finish, and the first failure cancels the calls still
+pending, so a doomed request stops using the GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve_app.engine.audio import as_waveform, duration_seconds
+from serve_app.engine.chunking import chunk_jobs, merge_chunks
+from serve_app.engine.formats import make_transcript
+from serve_app.engine.options import DecodeOptions
+from serve_app.wire import (
+    ChunkJob,
+    ChunkResult,
+    OverloadedError,
+    Transcript,
+    upload_too_large,
+)
+
+ChunkDecoder = Callable[[ChunkJob], Awaitable[ChunkResult]]
+"""Decodes one chunk; raises the chunk's error."""
+
+Audio = bytes | bytearray | memoryview | np.ndarray
+"""An encoded file, or 16 kHz mono float32 samples in [-1, 1]."""
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    """What one Ingress replica refuses; from the app's config."""
+
+    max_upload_bytes: int
+    max_audio_seconds: float
+    max_concurrent_requests: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request after its audio decoded: the chunk calls to make and what to report."""
+
+    jobs: list[ChunkJob]
+    duration: float
+    options: DecodeOptions
+
+
+def plan_request(audio: Audio, options: DecodeOptions, *, max_seconds: float) -> Plan:
+    """Decode the audio and cut it on Rev's chunk grid. CPU-bound: run it in a thread.
+
+    Raises the typed audio errors (415 undecodable, 413 too long, 400 empty). Chunks
+    are views of one waveform; pickling a view sends only its own samples.
+    """
+    waveform = as_waveform(audio, max_seconds=max_seconds)
+    jobs = chunk_jobs(waveform, options)
+    return Plan(jobs=jobs, duration=duration_seconds(waveform), options=options)
+
+
+class TranscriptionPipeline:
+    """Admission and the request steps for one Ingress replica (one event loop)."""
+
+    def __init__(
+        self,
+        decode_chunk: ChunkDecoder,
+        *,
+        limits: PipelineLimits,
+        model_name: str,
+        on_audio_done: Callable[[float], None] | None = None,
+    ) -> None:
+        if limits.max_concurrent_requests < 1:
+            raise ValueError("max_concurrent_requests must be at least 1")
+        self.decode_chunk = decode_chunk
+        self.limits = limits
+        self.model_name = model_name
+        self._on_audio_done = on_audio_done
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet released (no lock: one event loop)."""
+        return self._in_flight
+
+    def admit(self) -> Admission:
+        """Admit one request or raise ``OverloadedError`` (503 + Retry-After).
+
+        Called before anything is read, so a full replica spends nothing on uploads it
+        would drop. Release the admission (``with`` or ``release()``) when done.
+        """
+        if self._in_flight >= self.limits.max_concurrent_requests:
+            raise OverloadedError(
+                f"The server is at its limit of {self.limits.max_concurrent_requests} "
+                "concurrent transcriptions; retry shortly."
+            )
+        self._in_flight += 1
+        return Admission(self)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+
+    def _audio_done(self, plan: Plan) -> None:
+        if self._on_audio_done is not None:
+            self._on_audio_done(plan.duration)
+
+
+class Admission:
+    """One admitted request and the steps it may run; releasing twice is harmless
+    (a stream is released both by its end and by the response that carried it)."""
+
+    def __init__(self, pipeline: TranscriptionPipeline) -> None:
+        self._pipeline = pipeline
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._pipeline._release()
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    async def plan(self, audio: Audio, options: DecodeOptions) -> Plan:
+        """Check the size, then decode and chunk in a worker thread (off the event loop);
+        audio errors surface here, before any chunk is sent or any 200 goes out."""
+        limit = self._pipeline.limits.max_upload_bytes
+        if not isinstance(audio, np.ndarray) and len(audio) > limit:
+            raise upload_too_large(limit)
+        return await asyncio.to_thread(
+            plan_request, audio, options, max_seconds=self._pipeline.limits.max_audio_seconds
+        )
+
+    async def transcript(self, plan: Plan) -> Transcript:
+        """Every chunk decoded, merged into one transcript."""
+        results = await _decode_all(plan.jobs, self._pipeline.decode_chunk)
+        self._pipeline._audio_done(plan)
+        return transcript_from_chunks(results, plan, model=self._pipeline.model_name)
+
+    async def results_in_order(self, plan: Plan) -> AsyncIterator[ChunkResult]:
+        """Chunk results in order, each as soon as it and those before it are ready."""
+        async for result in _decode_in_order(plan.jobs, self._pipeline.decode_chunk):
+            yield result
+        self._pipeline._audio_done(plan)
+
+    async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
+        """The whole request: plan, then transcript."""
+        return await self.transcript(await self.plan(audio, options))
+
+
+def _start(jobs: Sequence[ChunkJob], decode_chunk: ChunkDecoder) -> list[asyncio.Future]:
+    return [asyncio.ensure_future(decode_chunk(job)) for job in jobs]
+
+
+def _stop(tasks: list[asyncio.Future]) -> None:
+    """Cancel what is still running and mark finished failures as seen (no log noise)."""
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()
+
+
+async def _decode_all(jobs: Sequence[ChunkJob], decode_chunk: ChunkDecoder) -> list[ChunkResult]:
+    """Every chunk's result in order; raises the first chunk error."""
+    tasks = _start(jobs, decode_chunk)
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        _stop(tasks)
+
+
+async def _decode_in_order(
+    jobs: Sequence[ChunkJob], decode_chunk: ChunkDecoder
+) -> AsyncIterator[ChunkResult]:
+    """Yield results in chunk order as soon as each is ready; all calls start at once."""
+    tasks = _start(jobs, decode_chunk)
+    try:
+        for task in tasks:
+            yield await task
+    finally:
+        _stop(tasks)
+
+
+def transcript_from_chunks(results: Sequence[ChunkResult], plan: Plan, *, model: str) -> Transcript:
+    """The same assembly the single-process engine ``Transcriber`` does."""
+    return make_transcript(
+        merge_chunks(results),
+        duration=plan.duration,
+        model=model,
+        decoding_mode=plan.options.decoding_mode,
+        verbatimicity=plan.options.verbatimicity,
+    )
+
+
+def text_delta(previous_text: str, chunk_text: str) -> str:
+    """The delta that extends ``previous_text`` by one chunk, so deltas concatenate to
+    exactly the final ``text`` (words joined by single spaces)."""
+    if not chunk_text:
+        return ""
+    return f" {chunk_text}" if previous_text else chunk_text

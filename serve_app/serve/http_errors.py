@@ -1,0 +1,100 @@
+"""Every error a client sees, in OpenAI's shape: ``{"error": {"message", "type",
+"param", "code"}}``, so the official SDKs raise their typed exceptions
+(``BadRequestError``, ``AuthenticationError``, ...) with our message.
+
+Our own errors carry their status and code (:mod:`serve_app.wire`); FastAPI's and
+Starlette's own answers (unknown route 404, wrong method 405, unparseable multipart
+400, body over the limit 413, form validation 422) are rewritten here into the same
+envelope, validation failures as a 400 naming the field, as OpenAI answers them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from serve_app.request_options import request_error
+from serve_app.serve.config import AppConfig
+from serve_app.wire import ReverbServeError, upload_too_large
+
+log = logging.getLogger("ray.serve")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def error_body(
+    message: str, *, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error envelope."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(exc: ReverbServeError, *, retry_after_s: int = 1) -> JSONResponse:
+    """The response for one of our typed errors; 503s tell the client when to retry."""
+    headers: dict[str, str] = {}
+    if exc.status_code == 503:
+        headers["Retry-After"] = str(retry_after_s)
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    body = error_body(exc.message, error_type=exc.error_type, param=exc.param, code=exc.code)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def http_exception_response(exc: HTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own 4xx (unknown route, bad multipart, 413) reshaped."""
+    status = exc.status_code
+    error_type = "invalid_request_error" if status < 500 else "server_error"
+    body = error_body(str(exc.detail), error_type=error_type, code=_HTTP_CODES.get(status))
+    return JSONResponse(body, status_code=status, headers=dict(exc.headers or {}))
+
+
+def internal_error_response() -> JSONResponse:
+    """A bug on our side: say so without leaking the traceback."""
+    body = error_body(
+        "The server had an error while processing your request.",
+        error_type="server_error",
+        code="internal_error",
+    )
+    return JSONResponse(body, status_code=500)
+
+
+def exception_handlers(config_of: Callable[[Request], AppConfig]) -> dict[Any, Any]:
+    """The FastAPI exception handlers that keep every answer in OpenAI's shape;
+    ``config_of`` gives the serving app's settings for the request."""
+
+    async def on_reverb_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ReverbServeError)
+        return error_response(exc, retry_after_s=config_of(request).retry_after_s)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(request_error(exc.errors()))
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 413:  # Starlette's body limit cut the upload off
+            return error_response(upload_too_large(config_of(request).max_upload_bytes))
+        return http_exception_response(exc)
+
+    async def on_unexpected_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return internal_error_response()
+
+    return {
+        ReverbServeError: on_reverb_error,
+        RequestValidationError: on_validation_error,
+        HTTPException: on_http_exception,
+        Exception: on_unexpected_error,
+    }
