@@ -27,6 +27,7 @@ from serve_app.engine.options import DecodeOptions
 from serve_app.wire import (
     ChunkJob,
     ChunkResult,
+    InvalidRequestError,
     OverloadedError,
     Transcript,
     upload_too_large,
@@ -136,6 +137,12 @@ class Admission:
     async def plan(self, audio: Audio, options: DecodeOptions) -> Plan:
         """Check the size, then decode and chunk in a worker thread (off the event loop);
         audio errors surface here, before any chunk is sent or any 200 goes out."""
+        if not isinstance(audio, (bytes, bytearray, memoryview, np.ndarray)):
+            raise InvalidRequestError(
+                f"audio must be an encoded file (bytes) or a 16 kHz float32 array, "
+                f"not {type(audio).__name__}.",
+                param="audio",
+            )
         limit = self._pipeline.limits.max_upload_bytes
         if not isinstance(audio, np.ndarray) and len(audio) > limit:
             raise upload_too_large(limit)

@@ -86,6 +86,20 @@ def test_oversize_bytes_are_refused_before_decoding():
         asyncio.run(run())
 
 
+@pytest.mark.parametrize("audio", [None, "a.wav", [0.0, 0.1], 3])
+def test_audio_of_another_type_is_a_400(audio):
+    pipeline = _pipeline(_echo)
+
+    async def run():
+        with pipeline.admit() as admission:
+            await admission.plan(audio, DecodeOptions())
+
+    with pytest.raises(InvalidRequestError) as info:
+        asyncio.run(run())
+    assert info.value.param == "audio"
+    assert pipeline.in_flight == 0
+
+
 def test_the_first_failure_cancels_the_other_chunk_calls():
     started: list[int] = []
     cancelled: list[int] = []

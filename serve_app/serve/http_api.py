@@ -114,10 +114,11 @@ def _add_routes(app: FastAPI) -> None:
             **_ERRORS,
         },
     )(create_transcription)
-    app.get("/v1/models", response_model=ModelList)(list_models)
+    app.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)(list_models)
     app.get(
         "/v1/models/{model_id:path}",
         response_model=ModelObject,
+        response_model_exclude_none=True,
         responses={404: {"model": ErrorBody}},
     )(retrieve_model)
     app.get("/healthz", response_model=Health, summary="The Ingress is alive.")(healthz)
