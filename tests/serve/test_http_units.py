@@ -384,3 +384,13 @@ def test_openapi_is_generated_and_documents_every_form_field():
     granularities = form["properties"]["timestamp_granularities[]"]
     assert granularities["items"]["enum"] == ["word", "segment"]
     assert set(operation["responses"]) >= {"200", "400", "413", "415", "503"}
+
+
+def test_an_ffconcat_text_naming_a_server_file_is_415(tmp_path, monkeypatch):
+    """The reported exploit, over HTTP: a 46-byte text that names an audio file the
+    server can read is refused instead of transcribing that file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.wav").write_bytes(chunks_audio(1))
+    upload = b"ffconcat version 1.0\nfile secret.wav\n"
+    response = _post(_client(FakeBackend()), upload)
+    assert_openai_error(response, 415, param="file")
