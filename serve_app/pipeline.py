@@ -15,6 +15,8 @@ pending, so a doomed request stops using the GPU.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +29,7 @@ from serve_app.engine.options import DecodeOptions
 from serve_app.wire import (
     ChunkJob,
     ChunkResult,
+    DeadlineExceededError,
     InvalidRequestError,
     OverloadedError,
     Transcript,
@@ -47,6 +50,7 @@ class PipelineLimits:
     max_upload_bytes: int
     max_audio_seconds: float
     max_concurrent_requests: int
+    request_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Admission:
     def __init__(self, pipeline: TranscriptionPipeline) -> None:
         self._pipeline = pipeline
         self._held = True
+        self._deadline = time.monotonic() + pipeline.limits.request_timeout_s
 
     def release(self) -> None:
         if self._held:
@@ -151,16 +156,38 @@ class Admission:
         )
 
     async def transcript(self, plan: Plan) -> Transcript:
-        """Every chunk decoded, merged into one transcript."""
-        results = await _decode_all(plan.jobs, self._pipeline.decode_chunk)
+        """Every chunk decoded, merged into one transcript, before the deadline."""
+        async with self._before_deadline():
+            results = await _decode_all(plan.jobs, self._pipeline.decode_chunk)
         self._pipeline._audio_done(plan)
         return transcript_from_chunks(results, plan, model=self._pipeline.model_name)
 
     async def results_in_order(self, plan: Plan) -> AsyncIterator[ChunkResult]:
         """Chunk results in order, each as soon as it and those before it are ready."""
-        async for result in _decode_in_order(plan.jobs, self._pipeline.decode_chunk):
-            yield result
+        stream = _decode_in_order(plan.jobs, self._pipeline.decode_chunk)
+        try:
+            while True:
+                async with self._before_deadline():
+                    try:
+                        result = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                yield result
+        finally:
+            await stream.aclose()  # cancels the chunk calls still running
         self._pipeline._audio_done(plan)
+
+    @contextlib.asynccontextmanager
+    async def _before_deadline(self) -> AsyncIterator[None]:
+        """Cancel what runs inside when the request's deadline passes: a 504."""
+        try:
+            async with asyncio.timeout(max(self._deadline - time.monotonic(), 0.0)):
+                yield
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"The transcription took longer than the server's "
+                f"{self._pipeline.limits.request_timeout_s:g} s limit."
+            ) from None
 
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
         """The whole request: plan, then transcript."""

@@ -111,12 +111,6 @@ class MissingParameterError(InvalidRequestError):
     code = "missing_required_parameter"
 
 
-class UnknownModelError(InvalidRequestError):
-    """The ``model`` field names a model this app does not serve."""
-
-    code = "model_not_found"
-
-
 class AudioDecodeError(InvalidRequestError):
     """The upload is not audio we can decode (random bytes, truncated, no audio stream)."""
 
@@ -171,6 +165,14 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class UnknownModelError(ModelNotFoundError):
+    """The ``model`` field of a request names a model this app does not serve.
+
+    A 404 like OpenAI's ``model_not_found``: model ids are only ever looked up in
+    the served list, never joined into a path.
+    """
+
+
 class ServerSideError(ReverbServeError):
     """Base for errors that are not the caller's fault (5xx)."""
 
@@ -199,12 +201,20 @@ class UnavailableError(ServerSideError):
     code = "model_unavailable"
 
 
+class DeadlineExceededError(ServerSideError):
+    """The request ran past the server's deadline; its remaining chunk calls were
+    cancelled."""
+
+    status_code = 504
+    code = "deadline_exceeded"
+
+
 class ChunkDecodeError(ServerSideError):
     """The model failed on audio that decoded fine: our fault, so a 500.
 
     The Transcriber turns arbitrary engine exceptions into this so that what crosses
-    the Ray handle always unpickles and always has a status; its message never holds
-    the exception's text (that goes to the replica's log, not to the client).
+    the Ray handle always unpickles and always has a status; its message is fixed and
+    never holds the exception's text (that goes to the replica's log, not to the client).
     """
 
     code = "decode_failed"

@@ -19,6 +19,7 @@ from serve_app.request_options import parse_request_options
 from serve_app.wire import (
     ChunkJob,
     ChunkResult,
+    DeadlineExceededError,
     InvalidRequestError,
     OverloadedError,
     PayloadTooLargeError,
@@ -28,9 +29,14 @@ from serve_app.wire import (
 PROPERTY = settings(deadline=None, database=None, max_examples=60)
 
 
-def _pipeline(decode, *, concurrent: int = 2, upload: int = 1_000_000) -> TranscriptionPipeline:
+def _pipeline(
+    decode, *, concurrent: int = 2, upload: int = 1_000_000, timeout: float = 900.0
+) -> TranscriptionPipeline:
     limits = PipelineLimits(
-        max_upload_bytes=upload, max_audio_seconds=120.0, max_concurrent_requests=concurrent
+        max_upload_bytes=upload,
+        max_audio_seconds=120.0,
+        max_concurrent_requests=concurrent,
+        request_timeout_s=timeout,
     )
     return TranscriptionPipeline(decode, limits=limits, model_name="m")
 
@@ -149,3 +155,42 @@ def test_handle_options_accept_english_and_drop_the_language():
     assert parse_request_options({"language": "en-GB", "beam_size": 4}) == DecodeOptions(
         beam_size=4
     )
+
+
+def _stuck_after_first(started: list[int], cancelled: list[int]):
+    async def decode(job: ChunkJob) -> ChunkResult:
+        started.append(job.offset_ms)
+        try:
+            if job.offset_ms:
+                await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(job.offset_ms)
+            raise
+        return await _echo(job)
+
+    return decode
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_servers_deadline_cancels_the_chunk_calls_and_is_a_504(streamed):
+    started: list[int] = []
+    cancelled: list[int] = []
+    pipeline = _pipeline(_stuck_after_first(started, cancelled), timeout=0.2)
+    samples = np.zeros(16000 * 45, np.float32)  # three chunks
+
+    async def run() -> list[str]:
+        seen: list[str] = []
+        with pipeline.admit() as admission:
+            plan = await admission.plan(samples, DecodeOptions())
+            if streamed:
+                async for result in admission.results_in_order(plan):
+                    seen.append(result.text)
+            else:
+                await admission.transcript(plan)
+        return seen
+
+    with pytest.raises(DeadlineExceededError) as info:
+        asyncio.run(run())
+    assert info.value.status_code == 504
+    assert sorted(cancelled) == [20510, 41020]
+    assert pipeline.in_flight == 0

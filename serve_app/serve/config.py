@@ -62,6 +62,13 @@ class AppConfig(BaseModel):
         32, ge=1, description="Transcriptions in flight per Ingress replica before 503."
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with every 503.")
+    request_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description="Deadline for one transcription, from admission to its last chunk, "
+        "enforced by the Ingress itself: unlike Ray's proxy timeout, a client header "
+        "(x-request-timeout-seconds) cannot extend or disable it. Over it: 504.",
+    )
 
     # -- HTTP ----------------------------------------------------------------------
     cors_origins: list[str] = Field(

@@ -30,7 +30,13 @@ from serve_app.engine.formats import render
 from serve_app.pipeline import Admission, Plan, TranscriptionPipeline, text_delta
 from serve_app.serve.config import AppConfig
 from serve_app.serve.http_edge import ADMISSION_STATE_KEY, TRANSCRIPTIONS_PATH, EdgeMiddleware
-from serve_app.serve.http_errors import error_body, exception_handlers
+from serve_app.serve.http_errors import (
+    client_message,
+    error_body,
+    exception_handlers,
+    internal_error_body,
+    request_id_of,
+)
 from serve_app.serve.http_models import (
     ErrorBody,
     Health,
@@ -76,6 +82,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "The upload or its audio is over the configured limit.",
         415: "The upload is not audio that can be decoded.",
         503: "At capacity or no model replica; retry after Retry-After seconds.",
+        504: "The transcription ran past the server's request_timeout_s.",
     }.items()
 }
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
@@ -140,7 +147,7 @@ async def create_transcription(
     model = form.model or config.served_model_name
     if model not in config.accepted_model_ids:
         raise UnknownModelError(
-            f"The model {model!r} does not exist; use one of "
+            f"The model {_shown(model)} does not exist; use one of "
             f"{', '.join(config.accepted_model_ids)}.",
             param="model",
         )
@@ -148,7 +155,7 @@ async def create_transcription(
     plan = await admission.plan(audio, form.decode_options())
     if form.stream:
         return StreamingResponse(
-            _sse_events(admission, plan),
+            _sse_events(admission, plan, request_id_of(request)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -164,17 +171,25 @@ async def create_transcription(
     return Response(body, media_type=media_type)
 
 
+def _shown(name: str, limit: int = 64) -> str:
+    """A caller-chosen name as error text: quoted, and cut short so that a 10 kB name
+    does not come back as a 10 kB message."""
+    return repr(name[:limit] + "..." if len(name) > limit else name)
+
+
 def _audio_name(filename: str | None) -> str:
     """The upload's base name (CTM's first column), never a client-chosen path."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     return name or "audio"
 
 
-async def _sse_events(admission: Admission, plan: Plan) -> AsyncIterator[str]:
+async def _sse_events(
+    admission: Admission, plan: Plan, request_id: str | None
+) -> AsyncIterator[str]:
     """OpenAI's transcription stream: text deltas in chunk order, then the full text.
 
     Errors after the 200 has gone out are sent as an ``error`` event, which the OpenAI
-    SDK raises as ``APIError``.
+    SDK raises as ``APIError``; server-side ones quote the request id, as a 500 would.
     """
     text = ""
     try:
@@ -185,16 +200,13 @@ async def _sse_events(admission: Admission, plan: Plan) -> AsyncIterator[str]:
                 yield _sse({"type": "transcript.text.delta", "delta": delta})
         yield _sse({"type": "transcript.text.done", "text": text})
     except ReverbServeError as exc:
-        yield _sse(error_body(exc.message, error_type=exc.error_type, code=exc.code))
+        if exc.status_code >= 500:
+            log.warning("request %s failed mid-stream: %r", request_id, exc)
+        message = client_message(exc, request_id)
+        yield _sse(error_body(message, error_type=exc.error_type, code=exc.code))
     except Exception:
-        log.exception("transcription stream failed")
-        yield _sse(
-            error_body(
-                "The server had an error while streaming.",
-                error_type="server_error",
-                code="internal_error",
-            )
-        )
+        log.exception("request %s: transcription stream failed", request_id)
+        yield _sse(internal_error_body(request_id))
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -217,7 +229,7 @@ async def list_models(backend: Backend) -> ModelList:
 
 async def retrieve_model(model_id: str, backend: Backend) -> ModelObject:
     if model_id not in backend.config.accepted_model_ids:
-        raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
+        raise ModelNotFoundError(f"The model {_shown(model_id)} does not exist.", param="model")
     return _model_object(backend, model_id)
 
 

@@ -3,9 +3,11 @@
 An upload can be 100 MB; refusing it after reading it wastes the replica's memory
 and the client's time. So one ASGI middleware, ahead of routing and body parsing:
 
-1. counts the answer by route and status for Prometheus (every request);
+1. gives the request an id (Ray's proxy's ``x-request-id`` when it is a plain token,
+   else a new one) that 500s quote and the logs carry, and counts the answer by route
+   and status for Prometheus (every request);
 2. applies CORS for the configured browser origins;
-3. checks the bearer key on /v1 routes (health and docs stay open);
+3. checks the bearer key on every route but the health probes;
 4. admits a transcription into the pipeline (503 + Retry-After when full), checks its
    content type and Content-Length, and caps the body as it streams in (Starlette's
    ``RequestBodyLimitMiddleware``: chunked uploads carry no length and clients lie).
@@ -17,8 +19,11 @@ layers are built on the first request of each app (one app per replica).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -38,8 +43,12 @@ if TYPE_CHECKING:
     from serve_app.serve.http_api import HttpBackend
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+"""Routes an orchestrator probes without credentials; every other route needs the key."""
 ADMISSION_STATE_KEY = "admission"
 """Where the admitted request's ``Admission`` waits for the route (``request.state``)."""
+REQUEST_ID_STATE_KEY = "request_id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class EdgeMiddleware:
@@ -57,6 +66,7 @@ class EdgeMiddleware:
         backend = self._backend()
         if self._layers is None:
             self._layers = self._build(backend)
+        scope.setdefault("state", {})[REQUEST_ID_STATE_KEY] = _request_id(scope)
         started = time.perf_counter()
         status = 500
 
@@ -92,6 +102,18 @@ class EdgeMiddleware:
         return inner
 
 
+def _request_id(scope: Scope) -> str:
+    """Ray's proxy puts its request id (the client's ``x-request-id``, or a new one) in
+    the request headers; use it when it is a plain token, so a 500's id finds Ray's log
+    lines too, and never echo a client's arbitrary text into logs."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
 def route_path(scope: Scope) -> str:
     """The path below the app's route prefix (Serve passes the prefix as root_path)."""
     path: str = scope.get("path", "")
@@ -108,15 +130,20 @@ def route_label(scope: Scope) -> str:
 
 
 class _BearerAuth:
-    """Every /v1 route needs ``Authorization: Bearer <key>``; preflights pass."""
+    """Every route but the health probes needs ``Authorization: Bearer <key>``;
+    CORS preflights pass (browsers send them without credentials).
+
+    Keys are compared as SHA-256 digests in constant time, so neither the comparison's
+    time nor an early length mismatch tells a caller anything about the key.
+    """
 
     def __init__(self, app: ASGIApp, *, api_key: str) -> None:
         self.app = app
-        self._key = api_key.encode()
+        self._digest = hashlib.sha256(api_key.encode()).digest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
-            not route_path(scope).startswith("/v1")
+            route_path(scope) in OPEN_PATHS
             or scope.get("method") == "OPTIONS"
             or self._authorized(scope)
         ):
@@ -131,8 +158,8 @@ class _BearerAuth:
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    return hmac.compare_digest(token.strip(), self._key)
+                digest = hashlib.sha256(token.strip()).digest()
+                return scheme.lower() == b"bearer" and hmac.compare_digest(digest, self._digest)
         return False
 
 

@@ -41,14 +41,27 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def error_response(exc: ReverbServeError, *, retry_after_s: int = 1) -> JSONResponse:
-    """The response for one of our typed errors; 503s tell the client when to retry."""
+def client_message(exc: ReverbServeError, request_id: str | None) -> str:
+    """What the client reads: the error's own message, plus the request id when the
+    fault is ours (the id finds the detail in the logs)."""
+    if exc.status_code >= 500 and request_id:
+        return f"{exc.message} (request id {request_id})"
+    return exc.message
+
+
+def error_response(
+    exc: ReverbServeError, *, retry_after_s: int = 1, request_id: str | None = None
+) -> JSONResponse:
+    """The response for one of our typed errors; 503s tell the client when to retry,
+    and server-side errors quote the request id that the logs carry."""
     headers: dict[str, str] = {}
     if exc.status_code == 503:
         headers["Retry-After"] = str(retry_after_s)
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    body = error_body(exc.message, error_type=exc.error_type, param=exc.param, code=exc.code)
+    body = error_body(
+        client_message(exc, request_id), error_type=exc.error_type, param=exc.param, code=exc.code
+    )
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
@@ -60,14 +73,18 @@ def http_exception_response(exc: HTTPException) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=dict(exc.headers or {}))
 
 
-def internal_error_response() -> JSONResponse:
-    """A bug on our side: say so without leaking the traceback."""
-    body = error_body(
-        "The server had an error while processing your request.",
+def internal_error_body(request_id: str | None) -> dict[str, Any]:
+    """A bug on our side: a fixed message and the request id, never the exception."""
+    suffix = f" (request id {request_id})" if request_id else ""
+    return error_body(
+        f"The server had an error while processing your request{suffix}.",
         error_type="server_error",
         code="internal_error",
     )
-    return JSONResponse(body, status_code=500)
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
 
 
 def exception_handlers(config_of: Callable[[Request], AppConfig]) -> dict[Any, Any]:
@@ -76,7 +93,13 @@ def exception_handlers(config_of: Callable[[Request], AppConfig]) -> dict[Any, A
 
     async def on_reverb_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ReverbServeError)
-        return error_response(exc, retry_after_s=config_of(request).retry_after_s)
+        if exc.status_code >= 500:
+            log.warning("request %s failed: %r", request_id_of(request), exc)
+        return error_response(
+            exc,
+            retry_after_s=config_of(request).retry_after_s,
+            request_id=request_id_of(request),
+        )
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -89,8 +112,15 @@ def exception_handlers(config_of: Callable[[Request], AppConfig]) -> dict[Any, A
         return http_exception_response(exc)
 
     async def on_unexpected_error(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return internal_error_response()
+        request_id = request_id_of(request)
+        log.error(
+            "request %s: unhandled error on %s %s",
+            request_id,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        return JSONResponse(internal_error_body(request_id), status_code=500)
 
     return {
         ReverbServeError: on_reverb_error,

@@ -91,6 +91,7 @@ class Ingress:
                 max_upload_bytes=config.max_upload_bytes,
                 max_audio_seconds=config.max_audio_seconds,
                 max_concurrent_requests=config.max_concurrent_requests,
+                request_timeout_s=config.request_timeout_s,
             ),
             model_name=config.served_model_name,
             on_audio_done=self._metrics.record_audio,

@@ -57,11 +57,11 @@ ChunkOutcome = ChunkResult | ReverbServeError
 def _portable(outcome: ChunkResult | Exception) -> ChunkOutcome:
     """Make a row's outcome safe to send back: our typed errors as they are, anything
     else (a torch error may not even unpickle, and its text is internal detail) as a
-    ``ChunkDecodeError`` 500 that names only the exception's type; the decoder has
-    logged the error itself on this replica."""
+    ``ChunkDecodeError`` 500 with a fixed message; the decoder has logged the error
+    itself on this replica, where Ray's log line carries the request id."""
     if isinstance(outcome, (ChunkResult, ReverbServeError)):
         return outcome
-    return ChunkDecodeError(f"The model failed on this audio ({type(outcome).__name__}).")
+    return ChunkDecodeError("The model failed on this audio.")
 
 
 def _is_fatal(exc: BaseException) -> bool:

@@ -58,10 +58,14 @@ def test_empty_file_is_400(http):
         ("language", "fr"),
         ("temperature", "hot"),
         ("stream", "maybe"),
-        ("model", "gpt-9"),
         ("verbatimcity", "0.5"),  # a typo is refused, not silently ignored
     ],
 )
+def test_unknown_model_is_404_model_not_found(http, clip):
+    error = assert_openai_error(_post(http, clip, model="gpt-9"), 404, param="model")
+    assert error["code"] == "model_not_found"
+
+
 def test_bad_option_is_400_naming_the_field(http, clip, field, value):
     expected_param = field.removesuffix("[]")
     error = assert_openai_error(_post(http, clip, **{field: value}), 400, param=expected_param)
@@ -114,13 +118,14 @@ def test_api_key_required_on_v1_routes(serve_cluster, clip):
     assert right.status_code == 200
 
 
-def test_health_endpoints_stay_open(serve_cluster):
+def test_only_the_health_endpoints_stay_open(serve_cluster, guarded):
     import httpx
 
     base = serve_cluster.guarded_url
     assert httpx.get(base + "/healthz").status_code == 200
     assert httpx.get(base + "/readyz").status_code == 200
-    assert httpx.get(base + "/openapi.json").json()["openapi"].startswith("3.1")
+    assert_openai_error(httpx.get(base + "/openapi.json"), 401)
+    assert guarded.get("/openapi.json").json()["openapi"].startswith("3.1")
 
 
 def test_openai_sdk_with_the_right_key(serve_cluster, clip):

@@ -141,12 +141,27 @@ def test_a_chunk_failing_fails_the_request_with_its_status():
     assert backend.pipeline.in_flight == 0
 
 
-def test_a_bug_is_a_500_in_openai_shape_without_details():
+def test_a_bug_is_a_500_with_a_request_id_and_no_details(caplog):
     backend = FakeBackend()
     backend.bug = True
-    error = assert_openai_error(_post(_client(backend), chunks_audio(1)), 500)
+    client = _client(backend)
+    response = client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", chunks_audio(1), "audio/wav")},
+        headers={"x-request-id": "req-42"},
+    )
+    error = assert_openai_error(response, 500)
     assert "secret" not in error["message"]
+    assert "req-42" in error["message"]
+    assert any("req-42" in r.getMessage() for r in caplog.records)
     assert backend.pipeline.in_flight == 0
+    odd = client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", chunks_audio(1), "audio/wav")},
+        headers={"x-request-id": "evil\nFAKE LOG LINE"},
+    )
+    message = assert_openai_error(odd, 500)["message"]
+    assert "FAKE" not in message and "request id " in message
 
 
 def test_bad_audio_is_415_and_releases_the_admission():
@@ -159,7 +174,8 @@ def test_unknown_model_and_aliases():
     client = _client(FakeBackend())
     assert _post(client, chunks_audio(1), model="whisper-1").status_code == 200
     assert _post(client, chunks_audio(1), model="fake").status_code == 200
-    assert_openai_error(_post(client, chunks_audio(1), model="gpt-9"), 400, param="model")
+    error = assert_openai_error(_post(client, chunks_audio(1), model="gpt-9"), 404, param="model")
+    assert error["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize("language", ["en", "EN", "en-US", "english", ""])
@@ -215,6 +231,27 @@ def test_readyz_reports_503_when_the_model_is_not_ready():
     response = client.get("/readyz")
     assert_openai_error(response, 503)
     assert "retry-after" in response.headers
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "models/../demo",
+        "x" * 5000,
+        "d\u0435mo",  # Cyrillic e
+        "demo\u200b",
+        "%00",
+    ],
+)
+def test_model_names_are_looked_up_never_joined_into_paths(name):
+    client = _client(FakeBackend())
+    error = assert_openai_error(client.get(f"/v1/models/{name}"), 404)
+    assert len(error["message"]) < 200
+    error = assert_openai_error(_post(client, chunks_audio(1), model=name), 404, param="model")
+    assert len(error["message"]) < 200
 
 
 def test_frameworks_own_errors_are_openai_shaped():
@@ -309,13 +346,18 @@ def test_chunked_oversize_body_stops_being_read_at_the_limit():
 # --------------------------------------------------------------------------- auth and CORS
 
 
-def test_api_key_guards_v1_only():
+def test_api_key_guards_every_route_but_health():
     client = _client(FakeBackend(api_key="k"))
-    assert_openai_error(client.get("/v1/models"), 401)
+    for path in ("/v1/models", "/openapi.json", "/nowhere"):
+        response = client.get(path)
+        assert_openai_error(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
     assert_openai_error(client.get("/v1/models", headers={"Authorization": "Basic k"}), 401)
+    assert_openai_error(client.get("/v1/models", headers={"Authorization": "Bearer kk"}), 401)
+    assert_openai_error(client.get("/v1/models", headers={"Authorization": "Bearer"}), 401)
     assert client.get("/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
     assert client.get("/healthz").status_code == 200
-    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/readyz").status_code == 200
 
 
 def test_api_key_from_the_environment(monkeypatch):
@@ -341,6 +383,36 @@ def test_cors_only_for_the_allowlist():
     refused = client.get("/v1/models", headers={"Origin": "http://a.example"})
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == "http://a.example"
+
+
+def test_cors_headers_on_every_error_and_none_for_other_origins():
+    origin = {"Origin": "http://a.example"}
+    backend = FakeBackend(cors_origins=["http://a.example"], max_upload_bytes=LIMIT)
+    client = _client(backend)
+    too_large = client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", b"x" * (2 * LIMIT), "audio/wav")},
+        headers=origin,
+    )
+    not_audio = client.post(
+        "/v1/audio/transcriptions", files={"file": ("a.wav", b"text", "audio/wav")}, headers=origin
+    )
+    held = [backend.pipeline.admit() for _ in range(backend.config.max_concurrent_requests)]
+    full = client.post(
+        "/v1/audio/transcriptions", files={"file": ("a.wav", b"small", "audio/wav")}, headers=origin
+    )
+    for admission in held:
+        admission.release()
+    for response, status in ((too_large, 413), (not_audio, 415), (full, 503)):
+        assert_openai_error(response, status)
+        assert response.headers["access-control-allow-origin"] == "http://a.example"
+        assert "access-control-allow-credentials" not in response.headers
+    assert "retry-after" in full.headers["access-control-expose-headers"].lower()
+    other = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    preflight = client.options("/v1/audio/transcriptions", headers=other)
+    assert "access-control-allow-origin" not in preflight.headers
+    plain = client.get("/v1/models", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in plain.headers
 
 
 @pytest.mark.parametrize(

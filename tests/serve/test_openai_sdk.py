@@ -132,10 +132,10 @@ def test_stream_events_in_order(sdk, make_wav, serve_cluster):
     assert deltas == events[-1].text == expected
 
 
-def test_unknown_model_is_a_bad_request(sdk, clip):
+def test_unknown_model_is_not_found(sdk, clip):
     import openai
 
-    with pytest.raises(openai.BadRequestError) as info:
+    with pytest.raises(openai.NotFoundError) as info:
         sdk.audio.transcriptions.create(model="gpt-9", file=("clip.wav", clip, "audio/wav"))
     assert info.value.body["param"] == "model"
 
