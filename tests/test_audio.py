@@ -29,58 +29,7 @@ from serve_app.wire import (
     InvalidRequestError,
     ReverbServeError,
 )
-
-# name -> (container format, encoder, rate to encode at, allowed length error in s).
-# Lossless formats and mp3/opus (whose headers carry the encoder delay) come out at
-# the exact length; AAC in mp4 keeps up to one 1024-sample frame of encoder padding.
-FORMATS = {
-    "wav_u8": ("wav", "pcm_u8", 44100, 0.002),
-    "wav_s16": ("wav", "pcm_s16le", 44100, 0.002),
-    "wav_s24": ("wav", "pcm_s24le", 44100, 0.002),
-    "wav_s32": ("wav", "pcm_s32le", 44100, 0.002),
-    "wav_f32": ("wav", "pcm_f32le", 44100, 0.002),
-    "flac": ("flac", "flac", 44100, 0.002),
-    "mp3": ("mp3", "libmp3lame", 44100, 0.03),
-    "ogg_opus": ("ogg", "libopus", 48000, 0.03),
-    "webm_opus": ("webm", "libopus", 48000, 0.03),
-    "m4a_aac": ("mp4", "aac", 44100, 0.05),
-}
-
-
-def _require_encoder(codec: str) -> None:
-    """Skip, naming the codec, when this PyAV wheel was built without the encoder."""
-    if codec not in av.codecs_available:
-        pytest.skip(f"this PyAV build has no {codec} encoder")
-    try:
-        av.Codec(codec, "w")
-    except Exception as exc:  # UnknownCodecError when only the decoder is present
-        pytest.skip(f"this PyAV build has no {codec} encoder ({exc})")
-
-
-def _tone(seconds: float, rate: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _encode(channels: np.ndarray, rate: int, container: str, codec: str) -> bytes:
-    """Encode float samples shaped (channels, n) into an in-memory file."""
-    channels = np.ascontiguousarray(np.atleast_2d(channels), dtype=np.float32)
-    layout = {1: "mono", 2: "stereo"}[channels.shape[0]]
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        ctx = stream.codec_context
-        source = av.AudioFrame.from_ndarray(channels, format="fltp", layout=layout)
-        source.sample_rate = rate
-        source.pts = 0
-        # Re-chunk to the encoder's sample format and frame size (aac/opus need both).
-        chunker = av.AudioResampler(
-            format=ctx.format.name, layout=layout, rate=rate, frame_size=ctx.frame_size or 1024
-        )
-        for frame in chunker.resample(source) + chunker.resample(None):
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return buf.getvalue()
+from tests.audio_files import FORMATS, encode_channels, require_encoder, tone
 
 
 @functools.cache
@@ -88,9 +37,9 @@ def _tone_file(
     name: str, seconds: float = 2.0, freq: float = 440.0, rate: int | None = None
 ) -> bytes:
     container, codec, default_rate, _ = FORMATS[name]
-    _require_encoder(codec)
+    require_encoder(codec)
     rate = rate or default_rate
-    return _encode(_tone(seconds, rate, freq), rate, container, codec)
+    return encode_channels(tone(seconds, rate, freq), rate, container, codec)
 
 
 def _wav_bytes(
@@ -148,8 +97,8 @@ def test_resamples_to_16k_keeping_length_and_pitch(name: str, rate: int) -> None
 
 
 def test_stereo_is_averaged_to_mono() -> None:
-    left, right = _tone(2, 44100, 440.0, 0.6), _tone(2, 44100, 1000.0, 0.2)
-    waveform = decode_audio(_encode(np.stack([left, right]), 44100, "flac", "flac"))
+    left, right = tone(2, 44100, 440.0, 0.6), tone(2, 44100, 1000.0, 0.2)
+    waveform = decode_audio(encode_channels(np.stack([left, right]), 44100, "flac", "flac"))
     _assert_waveform(waveform)
     assert _amplitude_at(waveform, 440.0) == pytest.approx(0.3, rel=0.03)
     assert _amplitude_at(waveform, 1000.0) == pytest.approx(0.1, rel=0.03)
@@ -157,17 +106,17 @@ def test_stereo_is_averaged_to_mono() -> None:
 
 def test_loud_identical_channels_do_not_clip() -> None:
     # FFmpeg's default downmix (0.707 per channel) would turn 0.9 into 1.27 and clip.
-    mono = _tone(1, 16000, 440.0, 0.9)
-    stereo = _encode(np.stack([mono, mono]), 16000, "wav", "pcm_f32le")
+    mono = tone(1, 16000, 440.0, 0.9)
+    stereo = encode_channels(np.stack([mono, mono]), 16000, "wav", "pcm_f32le")
     np.testing.assert_allclose(decode_audio(stereo), mono, atol=1e-6)
 
 
 def test_format_change_mid_stream_is_followed() -> None:
     # Two mp3s back to back: 44.1 kHz mono, then 22.05 kHz stereo. PyAV's resampler
     # rejects a frame unlike its first, so decoding must rebuild it.
-    _require_encoder("libmp3lame")
-    first = _encode(_tone(1, 44100), 44100, "mp3", "libmp3lame")
-    second = _encode(np.stack([_tone(1, 22050, 880.0)] * 2), 22050, "mp3", "libmp3lame")
+    require_encoder("libmp3lame")
+    first = encode_channels(tone(1, 44100), 44100, "mp3", "libmp3lame")
+    second = encode_channels(np.stack([tone(1, 22050, 880.0)] * 2), 22050, "mp3", "libmp3lame")
     waveform = decode_audio(first + second)
     _assert_waveform(waveform)
     assert duration_seconds(waveform) == pytest.approx(2.0, abs=0.15)
@@ -187,7 +136,7 @@ def test_latin1_metadata_does_not_break_decoding() -> None:
     # PyAV < 19 decodes tags strictly as UTF-8 unless told otherwise.
     info = b"INFO" + b"INAM" + struct.pack("<I", 6) + b"caf\xe9\xff\x00"
     tag = b"LIST" + struct.pack("<I", len(info)) + info
-    pcm = (_tone(1, 16000) * 32767).astype("<i2").tobytes()
+    pcm = (tone(1, 16000) * 32767).astype("<i2").tobytes()
     assert decode_audio(_wav_bytes(pcm, extra=tag)).shape == (16000,)
 
 
@@ -348,7 +297,7 @@ def test_over_long_compressed_audio_is_rejected(name: str) -> None:
 
 
 def test_limit_is_inclusive() -> None:
-    data = _encode(_tone(3, 16000), 16000, "wav", "pcm_s16le")
+    data = encode_channels(tone(3, 16000), 16000, "wav", "pcm_s16le")
     assert decode_audio(data, max_seconds=3).shape == (48000,)
     with pytest.raises(AudioTooLongError):
         decode_audio(data, max_seconds=2.999)
@@ -399,7 +348,7 @@ def test_as_waveform_decodes_bytes_like(wrap: type) -> None:
 
 
 def test_as_waveform_copies_read_only_array() -> None:
-    source = _tone(1, 16000).astype(np.float64)
+    source = tone(1, 16000).astype(np.float64)
     source.flags.writeable = False  # what Ray's object store hands over
     waveform = as_waveform(source)
     assert waveform.dtype == np.float32
@@ -411,7 +360,7 @@ def test_as_waveform_copies_read_only_array() -> None:
 
 
 def test_as_waveform_always_copies_float32() -> None:
-    source = _tone(1, 16000)
+    source = tone(1, 16000)
     assert not np.shares_memory(as_waveform(source), source)
 
 
