@@ -112,10 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
     common = common_options()
 
-    train = jobs.add_parser(
+    def subcommand(name: str, **texts: str) -> argparse.ArgumentParser:
+        return jobs.add_parser(
+            name,
+            parents=[common],
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            **texts,
+        )
+
+    train = subcommand(
         "train",
-        parents=[common],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="the full recipe: synthesise, train, calibrate (and --test-data)",
         description="Synthesise the lexicon, train, save the model folder, calibrate its "
         "timings adjustment and, with --test-data, write the held-out test clips.",
@@ -129,10 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(train)
     train.set_defaults(run=recipe.run_train)
 
-    test_data = jobs.add_parser(
+    test_data = subcommand(
         "test-data",
-        parents=[common],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="only (re)write the held-out test clips; no training",
         description="Rewrite the held-out test clips and manifest.json (the folder is "
         "replaced). The texts and times depend only on --seed.",
@@ -145,10 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         run=lambda a: recipe.run_test_data(a.out, a.seed, a.voices, a.utterances)
     )
 
-    calibrate = jobs.add_parser(
+    calibrate = subcommand(
         "calibrate",
-        parents=[common],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="only re-measure a trained model's timings adjustment",
         description="Re-measure the timings adjustment of the trained model in --out and "
         "write it into its config.yaml.",

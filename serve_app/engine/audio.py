@@ -40,6 +40,7 @@ from collections.abc import Iterator
 import av
 import numpy as np
 
+from serve_app.engine.containers import OPEN_OPTIONS
 from serve_app.wire import (
     AudioDecodeError,
     AudioTooLongError,
@@ -85,31 +86,6 @@ _MAX_ARRAY_PEAK = 2.0
 # ValueError for PyAV's own checks, UnicodeDecodeError from metadata included.
 _AV_FAILURES: tuple[type[Exception], ...] = (av.error.FFmpegError, ValueError)
 
-# The demuxers an upload may reach. FFmpeg probes the content, not the name, and some
-# of its demuxers open other files or URLs named *inside* the upload (concat, hls,
-# dash, sdp/rtp, image sequences, playlists, subtitles with includes): a 46-byte
-# ffconcat text would make the server read any audio file it can reach. So the
-# probe's choice must be on this list, or avformat_open_input fails before the
-# header is read. Each entry is here because browsers, phones or recorders produce it:
-ALLOWED_DEMUXERS: dict[str, str] = {
-    "wav": "WAV/RIFF PCM and float: recorders, telephony exports, every audio tool",
-    "flac": "FLAC: lossless archives and uploads from audio editors",
-    "mp3": "MP3: podcasts and the most common legacy upload",
-    "ogg": "Ogg (Opus, Vorbis, FLAC): Firefox's MediaRecorder, voice-note apps",
-    "matroska": "Matroska/WebM (Opus): Chrome's and Firefox's MediaRecorder output",
-    "mov": "MP4/M4A/MOV (AAC, ALAC): iOS and Android voice memos, Safari's MediaRecorder",
-    "aac": "ADTS AAC: raw AAC streams from broadcast and some Android recorders",
-}
-"""FFmpeg demuxer names (``av_match_list`` also matches the aliases FFmpeg lists with
-them: ``matroska,webm``, ``mov,mp4,m4a,3gp,3g2,mj2``)."""
-
-# Options for opening an upload: only the allowed demuxers, and no protocol at all
-# for nested opens (the upload itself is read through PyAV's in-memory I/O, which
-# needs none), so not even an allowed demuxer can follow a reference to a file or URL.
-_OPEN_OPTIONS: dict[str, str] = {
-    "format_whitelist": ",".join(ALLOWED_DEMUXERS),
-    "protocol_whitelist": "none",
-}
 # PyAV < 19 decodes container metadata eagerly and strictly as UTF-8, so one Latin-1
 # tag (common in wav INFO chunks) would make a valid file fail to open. PyAV 19
 # removed the argument and always decodes with ``surrogateescape``.
@@ -143,7 +119,7 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray
         raise EmptyAudioError("The uploaded audio file is empty (0 bytes).", param=_PARAM)
     try:
         with av.open(
-            io.BytesIO(data), mode="r", options=_OPEN_OPTIONS, **_METADATA_OPTIONS
+            io.BytesIO(data), mode="r", options=OPEN_OPTIONS, **_METADATA_OPTIONS
         ) as container:
             stream = _audio_stream(container)
             if max_seconds is not None:

@@ -16,7 +16,8 @@ import av
 import pytest
 from canary import Canary
 
-from serve_app.engine.audio import ALLOWED_DEMUXERS, decode_audio
+from serve_app.engine.audio import decode_audio
+from serve_app.engine.containers import ALLOWED_DEMUXERS
 from serve_app.wire import AudioDecodeError
 
 CANARY = "canary.opus"
