@@ -45,6 +45,11 @@ def test_empty_file_is_400(http):
     assert_openai_error(_post(http, b""), 400, param="file")
 
 
+def test_unknown_model_is_404_model_not_found(http, clip):
+    error = assert_openai_error(_post(http, clip, model="gpt-9"), 404, param="model")
+    assert error["code"] == "model_not_found"
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -61,11 +66,6 @@ def test_empty_file_is_400(http):
         ("verbatimcity", "0.5"),  # a typo is refused, not silently ignored
     ],
 )
-def test_unknown_model_is_404_model_not_found(http, clip):
-    error = assert_openai_error(_post(http, clip, model="gpt-9"), 404, param="model")
-    assert error["code"] == "model_not_found"
-
-
 def test_bad_option_is_400_naming_the_field(http, clip, field, value):
     expected_param = field.removesuffix("[]")
     error = assert_openai_error(_post(http, clip, **{field: value}), 400, param=expected_param)
