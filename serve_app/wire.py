@@ -143,6 +143,13 @@ def upload_too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"The upload is larger than the {limit}-byte limit.", param="file")
 
 
+class BodyTimeoutError(InvalidRequestError):
+    """The request body arrived too slowly (or stopped); the server stopped waiting."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class AuthenticationError(ReverbServeError):
     """No or a wrong bearer key on a /v1 route."""
 

@@ -59,7 +59,27 @@ class AppConfig(BaseModel):
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0)
     max_audio_seconds: float = Field(7200.0, gt=0)
     max_concurrent_requests: int = Field(
-        32, ge=1, description="Transcriptions in flight per Ingress replica before 503."
+        32,
+        ge=1,
+        description="Transcriptions in flight (decoding or on the model) per Ingress "
+        "replica before 503. Uploads still arriving do not count: see max_concurrent_uploads.",
+    )
+    max_concurrent_uploads: int = Field(
+        128,
+        ge=1,
+        description="Request bodies being received at once per Ingress replica before 503; "
+        "kept apart from max_concurrent_requests so slow uploads cannot lock out others.",
+    )
+    body_grace_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time a request body may take before min_body_bytes_per_s applies.",
+    )
+    min_body_bytes_per_s: int = Field(
+        16 * 1024,
+        ge=1,
+        description="After the grace time, a body must have arrived at least this fast "
+        "on average, or it is cut with 408 (16 kB/s: a 100 MB upload may take ~100 min).",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with every 503.")
     request_timeout_s: float = Field(

@@ -1,10 +1,9 @@
 """The OpenAI-compatible HTTP API: FastAPI routes that parse, call the pipeline, render.
 
-The routes hold no admission or decoding logic of their own: the edge middleware
-(:mod:`http_edge`) admits a transcription before its body is read and leaves the
-:class:`Admission` in ``request.state``; the route validates the form (a pydantic
-model, so ``/openapi.json`` is generated from the parser itself), runs the pipeline
-through that admission, and renders. Whoever serves the app provides an
+The routes hold no limits or decoding logic of their own: the edge middleware
+(:mod:`http_edge`) takes the body in under its checks; the route validates the form
+(a pydantic model, so ``/openapi.json`` is generated from the parser itself), is
+admitted by the pipeline, runs it, and renders. Whoever serves the app provides an
 :class:`HttpBackend` (the Ingress replica in production, a test double in unit
 tests) through ``backend_provider``.
 
@@ -29,12 +28,13 @@ from serve_app import __version__
 from serve_app.engine.formats import render
 from serve_app.pipeline import Admission, Plan, TranscriptionPipeline, text_delta
 from serve_app.serve.config import AppConfig
-from serve_app.serve.http_edge import ADMISSION_STATE_KEY, TRANSCRIPTIONS_PATH, EdgeMiddleware
+from serve_app.serve.http_edge import TRANSCRIPTIONS_PATH, EdgeMiddleware
 from serve_app.serve.http_errors import (
     client_message,
     error_body,
     exception_handlers,
     internal_error_body,
+    is_fault,
     request_id_of,
 )
 from serve_app.serve.http_models import (
@@ -137,12 +137,10 @@ def _add_routes(app: FastAPI) -> None:
     )(readyz)
 
 
-async def create_transcription(
-    request: Request,
-    backend: Backend,
-    form: Annotated[TranscriptionForm, Form(media_type="multipart/form-data")],
-) -> Response:
-    admission: Admission = getattr(request.state, ADMISSION_STATE_KEY)
+MultipartForm = Annotated[TranscriptionForm, Form(media_type="multipart/form-data")]
+
+
+async def create_transcription(request: Request, backend: Backend, form: MultipartForm) -> Response:
     config = backend.config
     model = form.model or config.served_model_name
     if model not in config.accepted_model_ids:
@@ -151,15 +149,18 @@ async def create_transcription(
             f"{', '.join(config.accepted_model_ids)}.",
             param="model",
         )
-    audio = await form.file.read()
-    plan = await admission.plan(audio, form.decode_options())
-    if form.stream:
-        return StreamingResponse(
-            _sse_events(admission, plan, request_id_of(request)),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    transcript = await admission.transcript(plan)
+    admission = backend.pipeline.admit()
+    try:
+        audio = await form.file.read()
+        plan = await admission.plan(audio, form.decode_options())
+        if form.stream:
+            events = _sse_events(admission, plan, request_id_of(request))
+            return _AdmittedStream(events, admission)
+        transcript = await admission.transcript(plan)
+    except BaseException:
+        admission.release()
+        raise
+    admission.release()
     body, media_type = render(
         transcript,
         form.response_format,
@@ -169,6 +170,25 @@ async def create_transcription(
     if isinstance(body, dict):
         return JSONResponse(body, media_type=media_type)
     return Response(body, media_type=media_type)
+
+
+class _AdmittedStream(StreamingResponse):
+    """The SSE response, holding the request's admission until the stream ends however
+    it ends, including a client that leaves before the first event."""
+
+    def __init__(self, events: AsyncIterator[str], admission: Admission) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._admission = admission
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._admission.release()
 
 
 def _shown(name: str, limit: int = 64) -> str:
@@ -200,7 +220,7 @@ async def _sse_events(
                 yield _sse({"type": "transcript.text.delta", "delta": delta})
         yield _sse({"type": "transcript.text.done", "text": text})
     except ReverbServeError as exc:
-        if exc.status_code >= 500:
+        if is_fault(exc):
             log.warning("request %s failed mid-stream: %r", request_id, exc)
         message = client_message(exc, request_id)
         yield _sse(error_body(message, error_type=exc.error_type, code=exc.code))

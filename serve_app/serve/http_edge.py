@@ -8,17 +8,20 @@ and the client's time. So one ASGI middleware, ahead of routing and body parsing
    and status for Prometheus (every request);
 2. applies CORS for the configured browser origins;
 3. checks the bearer key on every route but the health probes;
-4. admits a transcription into the pipeline (503 + Retry-After when full), checks its
-   content type and Content-Length, and caps the body as it streams in (Starlette's
+4. takes a transcription's body in: checks its content type and Content-Length, bounds
+   how many bodies arrive at once (503 + Retry-After), cuts bodies that arrive too
+   slowly (408), and caps the body as it streams in (Starlette's
    ``RequestBodyLimitMiddleware``: chunked uploads carry no length and clients lie).
 
-The admission stays held until the response has been sent in full, SSE streams
-included, however the request ends. Settings come from the replica's config, so the
-layers are built on the first request of each app (one app per replica).
+The pipeline's admission (how many transcriptions decode and run at once) is taken by
+the route after the body is in, so slow uploads cannot hold it. Settings come from
+the replica's config, so the layers are built on the first request of each app (one
+app per replica).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -27,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,7 +38,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app.serve.http_errors import error_response
 from serve_app.wire import (
     AuthenticationError,
+    BodyTimeoutError,
     InvalidRequestError,
+    OverloadedError,
     ReverbServeError,
     upload_too_large,
 )
@@ -45,14 +51,12 @@ if TYPE_CHECKING:
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 """Routes an orchestrator probes without credentials; every other route needs the key."""
-ADMISSION_STATE_KEY = "admission"
-"""Where the admitted request's ``Admission`` waits for the route (``request.state``)."""
 REQUEST_ID_STATE_KEY = "request_id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class EdgeMiddleware:
-    """Observe -> CORS -> auth -> admission -> body limit -> the FastAPI router."""
+    """Observe -> CORS -> auth -> intake -> body limit -> the FastAPI router."""
 
     def __init__(self, app: ASGIApp, *, backend: Callable[[], HttpBackend]) -> None:
         self.app = app
@@ -83,7 +87,7 @@ class EdgeMiddleware:
 
     def _build(self, backend: HttpBackend) -> ASGIApp:
         config = backend.config
-        inner: ASGIApp = _Admit(
+        inner: ASGIApp = _Intake(
             RequestBodyLimitMiddleware(self.app, max_body_size=config.max_upload_bytes),
             backend=backend,
         )
@@ -163,30 +167,102 @@ class _BearerAuth:
         return False
 
 
-class _Admit:
-    """Admits transcriptions before their body is read and holds the admission until
-    the response is complete; other routes pass straight through."""
+class _Intake:
+    """Transcription bodies: multipart, within the declared-size limit, at most
+    ``max_concurrent_uploads`` arriving at once, each cut with 408 when it arrives
+    slower than ``min_body_bytes_per_s`` after ``body_grace_s``.
+
+    An upload holds only an intake place, released as soon as its body is complete:
+    the pipeline's admission is taken by the route once the form is parsed, so
+    clients trickling bytes cannot hold the slots that decoding and the model need.
+    """
 
     def __init__(self, app: ASGIApp, *, backend: HttpBackend) -> None:
         self.app = app
         self._backend = backend
+        self._uploads = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("method") != "POST" or route_path(scope) != TRANSCRIPTIONS_PATH:
             await self.app(scope, receive, send)
             return
-        retry_after_s = self._backend.config.retry_after_s
+        config = self._backend.config
         try:
-            _check_body_headers(scope, self._backend.config.max_upload_bytes)
-            admission = self._backend.pipeline.admit()
+            _check_body_headers(scope, config.max_upload_bytes)
+            if self._uploads >= config.max_concurrent_uploads:
+                raise OverloadedError(
+                    f"The server is receiving {self._uploads} uploads, its limit; retry shortly."
+                )
         except ReverbServeError as exc:
-            await error_response(exc, retry_after_s=retry_after_s)(scope, receive, send)
+            await error_response(exc, retry_after_s=config.retry_after_s)(scope, receive, send)
             return
-        scope.setdefault("state", {})[ADMISSION_STATE_KEY] = admission
+        self._uploads += 1
+        paced = _PacedBody(
+            receive, grace_s=config.body_grace_s, min_rate=config.min_body_bytes_per_s
+        )
+        paced.on_complete = self._release
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, paced, send)
         finally:
-            admission.release()
+            paced.complete()
+
+    def _release(self) -> None:
+        self._uploads -= 1
+
+
+class EdgeRejection(HTTPException):
+    """One of our typed errors raised from inside ``receive`` while FastAPI parses the
+    body: FastAPI passes HTTP exceptions through to the handlers (any other exception
+    would become its generic 400), and the handler renders ``error``."""
+
+    def __init__(self, error: ReverbServeError) -> None:
+        super().__init__(status_code=error.status_code, detail=error.message)
+        self.error = error
+
+
+class _PacedBody:
+    """``receive`` for a request body that must keep arriving: after ``grace_s``, at
+    least ``min_rate`` bytes per second on average since the start, else 408. Once the
+    body is complete, messages pass unpaced (a response may wait for a disconnect)."""
+
+    def __init__(self, receive: Receive, *, grace_s: float, min_rate: int) -> None:
+        self._receive = receive
+        self._grace_s = grace_s
+        self._min_rate = min_rate
+        self._started = time.monotonic()
+        self._received = 0
+        self._done = False
+        self.on_complete: Callable[[], None] | None = None
+
+    def complete(self) -> None:
+        """The body is in (or the request ended): call ``on_complete`` once."""
+        if not self._done:
+            self._done = True
+            if self.on_complete is not None:
+                self.on_complete()
+
+    async def __call__(self) -> Message:
+        if self._done:
+            return await self._receive()
+        allowed_until = self._started + self._grace_s + self._received / self._min_rate
+        try:
+            async with asyncio.timeout(max(allowed_until - time.monotonic(), 0.0)):
+                message = await self._receive()
+        except TimeoutError:
+            self.complete()
+            raise EdgeRejection(
+                BodyTimeoutError(
+                    f"The request body arrived slower than {self._min_rate} bytes/s; "
+                    "the server stopped waiting."
+                )
+            ) from None
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.complete()
+        else:  # http.disconnect: the client is gone
+            self.complete()
+        return message
 
 
 def _check_body_headers(scope: Scope, limit: int) -> None:

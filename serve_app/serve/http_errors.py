@@ -41,10 +41,15 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+def is_fault(exc: ReverbServeError) -> bool:
+    """Our fault (500, 504), worth a log line; a 503 is load shedding, not a fault."""
+    return exc.status_code >= 500 and exc.status_code != 503
+
+
 def client_message(exc: ReverbServeError, request_id: str | None) -> str:
     """What the client reads: the error's own message, plus the request id when the
     fault is ours (the id finds the detail in the logs)."""
-    if exc.status_code >= 500 and request_id:
+    if is_fault(exc) and request_id:
         return f"{exc.message} (request id {request_id})"
     return exc.message
 
@@ -93,7 +98,7 @@ def exception_handlers(config_of: Callable[[Request], AppConfig]) -> dict[Any, A
 
     async def on_reverb_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ReverbServeError)
-        if exc.status_code >= 500:
+        if is_fault(exc):
             log.warning("request %s failed: %r", request_id_of(request), exc)
         return error_response(
             exc,
@@ -107,6 +112,9 @@ def exception_handlers(config_of: Callable[[Request], AppConfig]) -> dict[Any, A
 
     async def on_http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        error = getattr(exc, "error", None)  # the edge's typed errors (EdgeRejection)
+        if isinstance(error, ReverbServeError):
+            return error_response(error, retry_after_s=config_of(request).retry_after_s)
         if exc.status_code == 413:  # Starlette's body limit cut the upload off
             return error_response(upload_too_large(config_of(request).max_upload_bytes))
         return http_exception_response(exc)

@@ -108,6 +108,7 @@ class ServeCluster:
                         **common,
                         "api_key": API_KEY,
                         "max_concurrent_requests": 1,
+                        "max_concurrent_uploads": 1,
                         "max_upload_bytes": GUARDED_UPLOAD_LIMIT,
                         "retry_after_s": 2,
                         "cors_origins": [ALLOWED_ORIGIN],

@@ -70,3 +70,15 @@ def verbose_transcript(base_url: str, wav: bytes, **fields: Any) -> dict:
     body = response.json()
     assert body["words"], "the tiny model should produce words for speech-like audio"
     return body
+
+
+def multipart_file(payload: bytes, filename: str = "clip.wav") -> tuple[bytes, str]:
+    """A hand-made multipart body with one ``file`` part, and its content type, for
+    tests that send the body in pieces."""
+    boundary = "reverbboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+        "\r\nContent-Type: audio/wav\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + payload + tail, f"multipart/form-data; boundary={boundary}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serve_helpers import assert_openai_error, wav_bytes
+from serve_helpers import assert_openai_error, multipart_file, wav_bytes
 
 from serve_app.engine.chunking import CHUNK_FRAMES
 from serve_app.pipeline import PipelineLimits, TranscriptionPipeline
@@ -293,14 +293,19 @@ def _scope(headers: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def _call(app, scope, bodies: list[bytes]) -> tuple[int, dict, int]:
-    """Run one ASGI request; return status, JSON body and how many receives happened."""
+async def _call(
+    app, scope, bodies: list[bytes], *, stall: asyncio.Event | None = None
+) -> tuple[int, dict, int]:
+    """Run one ASGI request; return status, JSON body and how many receives happened.
+    With ``stall``, the body stops after its first piece until the event is set."""
     reads = 0
     sent: list[dict] = []
 
     async def receive():
         nonlocal reads
         reads += 1
+        if stall is not None and reads == 2:
+            await stall.wait()
         if reads <= len(bodies):
             return {
                 "type": "http.request",
@@ -340,6 +345,59 @@ def test_chunked_oversize_body_stops_being_read_at_the_limit():
     status, body, reads = asyncio.run(_call(app, _scope(headers), pieces))
     assert status == 413 and body["error"]["code"] == "payload_too_large"
     assert reads <= LIMIT // 1000 + 2
+    assert backend.pipeline.in_flight == 0
+
+
+def _pieces(audio: bytes) -> tuple[list[bytes], dict[str, str]]:
+    body, content_type = multipart_file(audio)
+    return [body[:50], body[50:]], {"content-type": content_type}
+
+
+def test_a_body_that_stops_arriving_is_cut_with_408():
+    backend = FakeBackend(body_grace_s=0.2)
+    app = create_http_app(lambda: backend)
+    pieces, headers = _pieces(chunks_audio(1))
+
+    async def run():
+        return await asyncio.wait_for(
+            _call(app, _scope(headers), pieces, stall=asyncio.Event()), timeout=10
+        )
+
+    status, body, _ = asyncio.run(run())
+    assert status == 408 and body["error"]["code"] == "request_timeout"
+    assert backend.pipeline.in_flight == 0
+
+
+def test_trickling_uploads_do_not_lock_out_a_normal_request():
+    """The slowloris case: bodies still arriving hold intake places, not the
+    pipeline's slots, so with every transcription slot's worth of stalled uploads a
+    normal request is still transcribed; one more upload than intake places is a 503."""
+    backend = FakeBackend(max_concurrent_requests=2, max_concurrent_uploads=4)
+    app = create_http_app(lambda: backend)
+    pieces, headers = _pieces(chunks_audio(1))
+
+    async def run():
+        stall = asyncio.Event()
+        stalled = [
+            asyncio.ensure_future(_call(app, _scope(headers), pieces, stall=stall))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.05)  # the three are now waiting for their bodies
+        normal = await _call(app, _scope(headers), pieces)
+        extra_stall = asyncio.ensure_future(_call(app, _scope(headers), pieces, stall=stall))
+        await asyncio.sleep(0.05)
+        refused = await _call(app, _scope(headers), pieces)
+        stall.set()
+        finished = await asyncio.gather(*stalled, extra_stall)
+        return normal, refused, finished
+
+    normal, refused, finished = asyncio.run(run())
+    assert normal[0] == 200, normal
+    assert refused[0] == 503 and refused[1]["error"]["code"] == "overloaded"
+    # All four bodies complete at once: two are admitted, two refused at once (this
+    # Ingress has no queue yet), none hangs.
+    statuses = [f[0] for f in finished]
+    assert statuses.count(200) >= 2 and set(statuses) <= {200, 503}, statuses
     assert backend.pipeline.in_flight == 0
 
 
