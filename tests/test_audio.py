@@ -426,3 +426,25 @@ def test_encode_wav_round_trips_exactly() -> None:
     samples = np.round(rng.uniform(-0.9, 0.9, 16000) * 32768) / 32768
     decoded = decode_audio(encode_wav(samples.astype(np.float32)))
     np.testing.assert_array_equal(decoded, samples.astype(np.float32))
+
+
+@pytest.mark.parametrize("declared_s", [None, 0.1, 2.0, 2.1, 600.0])
+def test_collect_writes_one_buffer_whatever_the_header_claims(declared_s):
+    """Headers under- or overstate the length: the samples come out the same, and a
+    far-overstated buffer is not kept alive by the returned view."""
+    from serve_app.engine.audio import _collect
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal(4000).astype(np.float32) for _ in range(8)]  # 2 s
+    out = _collect(iter(chunks), 60.0, declared_s)
+    assert np.array_equal(out, np.concatenate(chunks))
+    base = out.base if out.base is not None else out
+    assert base.shape[0] <= 2 * out.shape[0] + TARGET_SAMPLE_RATE
+
+
+def test_collect_stops_at_the_limit_even_when_the_header_lies():
+    from serve_app.engine.audio import _collect
+
+    chunks = (np.zeros(16000, np.float32) for _ in range(100))
+    with pytest.raises(AudioTooLongError):
+        _collect(chunks, 10.0, 1.0)

@@ -195,19 +195,26 @@ def disfluent(words: list[str], rng: random.Random, p_filler: float, p_repeat: f
 HELDOUT_COUNT = 24 + 10 + 40
 """Held-out sentences: 24 held-out clips, 10 hard clips, the rest for long-form data."""
 
+CONTINUOUS_COUNT = 24 + 66
+"""Further held-out sentences for the continuous sets: 24 clips, the rest for the
+2-minute continuous clip. Drawn after the first HELDOUT_COUNT from the same stream,
+so the word-joined sets keep their sentences."""
+
 Plan = list[tuple[list[str], list[str], Voice]]
 """(verbatim words, clean words, voice) of each training utterance."""
 
 
-def heldout_sentences(seed: int) -> list[list[str]]:
+def heldout_sentences(seed: int, count: int = HELDOUT_COUNT + CONTINUOUS_COUNT) -> list[list[str]]:
     """Distinct grammar sentences for testing, drawn from their own seeded stream.
 
     They come from ``seed + 1`` so that the test data can be rebuilt without replaying
-    the whole training plan, and training can exclude them.
+    the whole training plan, and training can exclude them. The first HELDOUT_COUNT
+    are the word-joined sets' (the same as before the continuous sets existed), the
+    next CONTINUOUS_COUNT the continuous sets'.
     """
     trng = random.Random(seed + 1)
     test_sentences: list[list[str]] = []
-    while len(test_sentences) < HELDOUT_COUNT:
+    while len(test_sentences) < count:
         s = sentence(trng)
         if s not in test_sentences:
             test_sentences.append(s)

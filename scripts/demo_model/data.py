@@ -1,7 +1,8 @@
 """Training and test examples: utterances from word clips, features, targets, batches.
 
-Utterances are concatenations of trimmed word clips with random gaps, so every word's
-true start and end is known; that gives the exact word times of the test manifest and
+Utterances are either concatenations of trimmed word clips with random gaps
+(word-joined) or continuous speech from espeak-ng with its own word events (``speech``),
+so every word's true start and end is known; that gives the exact word times of the test manifest and
 the onset labels that break CTC's all-blank plateau. Training examples are assembled
 afresh for every pool (``ExampleStream``), so no waveform repeats although each
 (voice, word) clip is synthesised once. Features are the engine's own fbank, so the
@@ -68,14 +69,75 @@ def assemble(
         pieces.append(clip)
         pos += len(clip)
     pieces.append(np.zeros(int(rng.uniform(*lead) * SAMPLE_RATE), dtype=np.float32))
-    audio = np.concatenate(pieces)
+    speech_rms = float(np.sqrt(np.mean(np.concatenate([lexicon[(voice, w)] for w in words]) ** 2)))
+    return finish(words, clean, voice, np.concatenate(pieces), times, speech_rms, rng, snr_db, speed)
+
+
+def finish(
+    words: list[str],
+    clean: list[str],
+    voice: Voice,
+    audio: np.ndarray,
+    times: list[tuple[float, float]],
+    speech_rms: float,
+    rng: np.random.Generator,
+    snr_db: tuple[float, float],
+    speed: float,
+) -> Utterance:
+    """Speed perturbation, white noise at a random SNR and a random gain: the same for
+    both styles, drawn in the order the word-joined test clips always drew them."""
     if speed != 1.0:
         audio, times = perturb_speed(audio, times, speed)
-    speech_rms = float(np.sqrt(np.mean(np.concatenate([lexicon[(voice, w)] for w in words]) ** 2)))
     snr = rng.uniform(*snr_db)
     audio = audio + rng.normal(0, speech_rms / 10 ** (snr / 20), audio.shape).astype(np.float32)
     audio *= rng.uniform(0.4, 0.9) / max(float(np.abs(audio).max()), 1e-6)
     return Utterance(words, clean, audio.astype(np.float32), times, voice, {"snr_db": snr})
+
+
+def assemble_continuous(
+    sentences: list[list[str]],
+    clean: list[str],
+    voice: Voice,
+    lexicon: Lexicon,
+    rng: np.random.Generator,
+    *,
+    one_go: bool = True,
+    pause: tuple[float, float] = (0.1, 0.7),
+    snr_db: tuple[float, float] = (22.0, 40.0),
+    lead: tuple[float, float] = (0.1, 0.4),
+    speed: float = 1.0,
+) -> Utterance:
+    """Sentences spoken by espeak-ng as continuous speech, word times from its events.
+
+    ``one_go`` speaks all sentences in one text (espeak-ng's own short pauses at the
+    full stops, as ``espeak-ng -v VOICE "..."`` on a paragraph gives); otherwise each
+    sentence is spoken alone and they are joined with ``pause`` seconds of silence
+    (natural pauses between sentences, and the pauses VAD chunking looks for). When
+    espeak-ng gives no word event for some word (a repeated "to to" is read as one)
+    the utterance is built word-joined instead, so every label stays true.
+    """
+    from scripts.demo_model.speech import speak
+
+    words = [w for s in sentences for w in s]
+    try:
+        spoken = [speak(sentences, voice)] if one_go else [speak([s], voice) for s in sentences]
+    except ValueError:
+        return assemble(words, clean, voice, lexicon, rng, snr_db=snr_db, lead=lead, speed=speed)
+    pos = int(rng.uniform(*lead) * SAMPLE_RATE)
+    pieces = [np.zeros(pos, dtype=np.float32)]
+    times: list[tuple[float, float]] = []
+    for k, sp in enumerate(spoken):
+        if k:
+            g = int(rng.uniform(*pause) * SAMPLE_RATE)
+            pieces.append(np.zeros(g, dtype=np.float32))
+            pos += g
+        times += [(pos / SAMPLE_RATE + a, pos / SAMPLE_RATE + b) for a, b in sp.times]
+        pieces.append(sp.audio)
+        pos += len(sp.audio)
+    pieces.append(np.zeros(int(rng.uniform(*lead) * SAMPLE_RATE), dtype=np.float32))
+    speech_rms = float(np.sqrt(np.mean(np.concatenate([sp.audio for sp in spoken]) ** 2)))
+    audio = np.concatenate(pieces)
+    return finish(words, clean, voice, audio, times, speech_rms, rng, snr_db, speed)
 
 
 def perturb_speed(
@@ -118,6 +180,7 @@ class ExampleStream:
         pool_size: int = 400,
         long_fraction: float = 0.0,
         long_from_pool: int = 0,
+        continuous_share: float = 0.0,
     ) -> None:
         self.plan, self.lexicon, self.sp = plan, lexicon, sp
         self.seed, self.pool_size = seed, pool_size
@@ -126,6 +189,9 @@ class ExampleStream:
         # Joined utterances start at pool ``long_from_pool``: alignments are learnt on
         # single sentences first.
         self.long_fraction, self.long_from_pool = long_fraction, long_from_pool
+        # Share of utterances spoken as continuous speech (espeak-ng in one go); the
+        # rest are word-joined. See models/demo/README.md for the share's reasons.
+        self.continuous_share = continuous_share
 
     def pool(self, k: int) -> list[Example]:
         """Pool ``k``, seeded by (seed, k) alone: pools can be built in any thread or order."""
@@ -147,9 +213,17 @@ class ExampleStream:
             voice = group[0][2]
             speed = 1.0 if rng.random() < 0.4 else rng.choice(SPEEDS)
             snr = (22.0, 40.0) if rng.random() < 0.8 else (4.0, 22.0)
-            utt = assemble(
-                verbatim_words, clean, voice, self.lexicon, nrng, speed=speed, snr_db=snr
-            )
+            if self.continuous_share > 0 and rng.random() < self.continuous_share:
+                one_go = n == 1 or rng.random() < 0.5
+                sentences = [v for v, _, _ in group]
+                utt = assemble_continuous(
+                    sentences, clean, voice, self.lexicon, nrng, one_go=one_go, speed=speed,
+                    snr_db=snr,
+                )
+            else:
+                utt = assemble(
+                    verbatim_words, clean, voice, self.lexicon, nrng, speed=speed, snr_db=snr
+                )
             out.append(self.example(utt, verbatim=rng.random() < 0.5))
         return out
 

@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from scripts.demo_model.corpus import disfluent
-from scripts.demo_model.data import Utterance, assemble
-from scripts.demo_model.tts import Lexicon, hard_voices, heldout_voices
+from scripts.demo_model.corpus import HELDOUT_COUNT, disfluent
+from scripts.demo_model.data import Utterance, assemble, assemble_continuous
+from scripts.demo_model.tts import Lexicon, continuous_voices, hard_voices, heldout_voices
 from serve_app.engine.features import SAMPLE_RATE
 
 DESCRIPTION = (
     "Held-out clips for the demo model: sentences and voice variants unseen in "
-    "training; word times are exact (concatenated, trimmed word clips). Built by "
+    "training; word times are exact (concatenated, trimmed word clips; for the "
+    "continuous sets, espeak-ng's own word events). Built by "
     "scripts/demo_model (python -m scripts.demo_model test-data); see models/demo/README.md."
 )
 
@@ -88,7 +89,8 @@ def write_test_data(
 def build_test_data(
     out: Path, sentences: list[list[str]], lexicon: Lexicon, recipe: dict[str, Any]
 ) -> dict[str, Any]:
-    """Held-out clips, a hard set (fast + noisy) and a ~2-minute long-form clip."""
+    """Held-out clips, a hard set (fast + noisy), a ~2-minute long-form clip, and the
+    continuous held-out sets (``continuous_clips``)."""
     seed = recipe["seed"]
     rng = random.Random(seed + 2)
     nrng = np.random.default_rng(seed + 2)
@@ -103,11 +105,44 @@ def build_test_data(
     # Long form: ~2 minutes of sentences from one unseen variant, with pauses between them.
     words: list[str] = []
     clean: list[str] = []
-    for s in sentences[34:]:
+    for s in sentences[34:HELDOUT_COUNT]:
         if sum(len(lexicon[(held_v[0], w)]) for w in words) / SAMPLE_RATE > 80:
             break
         words += s
         clean += s
     long_utt = assemble(words, clean, held_v[0], lexicon, nrng, gap=(0.1, 0.45))
     utts["long_form"] = (long_utt, "long")
+    utts.update(continuous_clips(sentences[HELDOUT_COUNT:], lexicon, seed))
     return write_test_data(out, utts, recipe)
+
+
+def continuous_clips(
+    sentences: list[list[str]], lexicon: Lexicon, seed: int
+) -> dict[str, tuple[Utterance, str]]:
+    """Continuous held-out speech: 24 sentences and one ~2-minute text, each spoken in
+    one go by espeak-ng in voices never trained on, word times from its word events.
+
+    Drawn from their own seeded streams after the word-joined clips, so those keep
+    their bytes. Every other clip gets one or two fillers (no repeated words: espeak-ng
+    reads "to to" as one word event, and such a clip would fall back to word-joined).
+    """
+    rng = random.Random(seed + 6)
+    nrng = np.random.default_rng(seed + 6)
+    voices = continuous_voices()
+    utts: dict[str, tuple[Utterance, str]] = {}
+    for k, s in enumerate(sentences[:24]):
+        v = disfluent(s, rng, p_filler=1.0, p_repeat=0.0) if k % 2 else list(s)
+        u = assemble_continuous([v], s, voices[k % len(voices)], lexicon, nrng)
+        utts[f"continuous_{k:02d}"] = (u, "continuous")
+    # The long clip is one text read in one go, as `espeak-ng -v VOICE "<text>"` reads
+    # a long paragraph: espeak-ng's own short pauses at the full stops, nothing added.
+    chosen: list[list[str]] = []
+    for s in sentences[24:]:
+        chosen.append(s)
+        probe = assemble_continuous(chosen, [], voices[0], {}, np.random.default_rng(0))
+        if len(probe.audio) / SAMPLE_RATE >= 115:
+            break
+    clean = [w for s in chosen for w in s]
+    u = assemble_continuous(chosen, clean, voices[0], lexicon, nrng)
+    utts["continuous_long"] = (u, "continuous_long")
+    return utts

@@ -130,3 +130,16 @@ def heldout_voices() -> list[Voice]:
 def hard_voices() -> list[Voice]:
     """Fast speech in unseen variants (plus heavy noise when assembled)."""
     return [Voice("en-us", "f3", 290, 60), Voice("en-gb-scotland", "m7", 300, 45)]
+
+
+def continuous_voices() -> list[Voice]:
+    """Voices of the continuous held-out sets, none ever trained on: variants training
+    never used (f3, m2, m7, klatt2), two of them on accents it never used (Lancaster,
+    West Midlands), and one at espeak-ng's defaults (-s 175 -p 50), the way
+    ``espeak-ng -v VOICE "..."`` speaks."""
+    return [
+        Voice("en-us", "f3", 175, 50),
+        Voice("en-gb-x-gbclan", "m2", 160, 45),
+        Voice("en-gb-x-gbcwmd", "m7", 190, 60),
+        Voice("en-029", "klatt2", 150, 40),
+    ]
