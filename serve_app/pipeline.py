@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve_app.engine.audio import as_waveform, duration_seconds
-from serve_app.engine.chunking import chunk_jobs, merge_chunks
+from serve_app.engine.chunking import SAMPLE_RATE, chunk_jobs, merge_chunks
 from serve_app.engine.formats import make_transcript
 from serve_app.engine.options import DecodeOptions
+from serve_app.engine.sample_buffer import Reserve
 from serve_app.wire import (
     ChunkJob,
     ChunkResult,
@@ -51,6 +53,7 @@ class PipelineLimits:
     max_audio_seconds: float
     max_concurrent_requests: int
     request_timeout_s: float = 900.0
+    max_decoded_audio_seconds: float = 28800.0
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,51 @@ class Plan:
     options: DecodeOptions
 
 
-def plan_request(audio: Audio, options: DecodeOptions, *, max_seconds: float) -> Plan:
+def plan_request(
+    audio: Audio, options: DecodeOptions, *, max_seconds: float, reserve: Reserve | None = None
+) -> Plan:
     """Decode the audio and cut it on Rev's chunk grid. CPU-bound: run it in a thread.
 
-    Raises the typed audio errors (415 undecodable, 413 too long, 400 empty). Chunks
-    are views of one waveform; pickling a view sends only its own samples.
+    Raises the typed audio errors (415 undecodable, 413 too long, 400 empty), or what
+    ``reserve`` raises for memory it refuses. Chunks are views of one waveform;
+    pickling a view sends only its own samples.
     """
-    waveform = as_waveform(audio, max_seconds=max_seconds)
+    if reserve is not None and isinstance(audio, np.ndarray):
+        reserve(audio.size)  # the array is validated into a copy of this size
+    waveform = as_waveform(audio, max_seconds=max_seconds, reserve=reserve)
     jobs = chunk_jobs(waveform, options)
     return Plan(jobs=jobs, duration=duration_seconds(waveform), options=options)
+
+
+class DecodedAudioBudget:
+    """How much decoded audio one Ingress holds at once, in samples.
+
+    A few hundred kB of Opus decode to hundreds of MB, so counting requests bounds
+    nothing; counting what their waveforms will occupy does. Decodes run in worker
+    threads, hence the lock.
+    """
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_samples = round(max_seconds * SAMPLE_RATE)
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held_seconds(self) -> float:
+        return self._held / SAMPLE_RATE
+
+    def reserve(self, samples: int) -> None:
+        with self._lock:
+            if self._held + samples > self.max_samples:
+                raise OverloadedError(
+                    "The server holds as much decoded audio as it may "
+                    f"({self.max_samples / SAMPLE_RATE:g} s); retry shortly."
+                )
+            self._held += samples
+
+    def release(self, samples: int) -> None:
+        with self._lock:
+            self._held -= samples
 
 
 class TranscriptionPipeline:
@@ -91,6 +130,7 @@ class TranscriptionPipeline:
         self.model_name = model_name
         self._on_audio_done = on_audio_done
         self._in_flight = 0
+        self.decoded_audio = DecodedAudioBudget(limits.max_decoded_audio_seconds)
 
     @property
     def in_flight(self) -> int:
@@ -126,12 +166,19 @@ class Admission:
     def __init__(self, pipeline: TranscriptionPipeline) -> None:
         self._pipeline = pipeline
         self._held = True
+        self._reserved_samples = 0
         self._deadline = time.monotonic() + pipeline.limits.request_timeout_s
 
     def release(self) -> None:
         if self._held:
             self._held = False
+            self._pipeline.decoded_audio.release(self._reserved_samples)
             self._pipeline._release()
+
+    def _reserve(self, samples: int) -> None:
+        """Decoded-audio memory for this request (called from the decode's thread)."""
+        self._pipeline.decoded_audio.reserve(samples)
+        self._reserved_samples += samples
 
     def __enter__(self) -> Admission:
         return self
@@ -152,7 +199,11 @@ class Admission:
         if not isinstance(audio, np.ndarray) and len(audio) > limit:
             raise upload_too_large(limit)
         return await asyncio.to_thread(
-            plan_request, audio, options, max_seconds=self._pipeline.limits.max_audio_seconds
+            plan_request,
+            audio,
+            options,
+            max_seconds=self._pipeline.limits.max_audio_seconds,
+            reserve=self._reserve,
         )
 
     async def transcript(self, plan: Plan) -> Transcript:

@@ -194,3 +194,28 @@ def test_the_servers_deadline_cancels_the_chunk_calls_and_is_a_504(streamed):
     assert info.value.status_code == 504
     assert sorted(cancelled) == [20510, 41020]
     assert pipeline.in_flight == 0
+
+
+def test_decoded_audio_is_budgeted_across_requests_and_returned():
+    limits = PipelineLimits(
+        max_upload_bytes=10**9,
+        max_audio_seconds=60.0,
+        max_concurrent_requests=4,
+        max_decoded_audio_seconds=60.0,
+    )
+    pipeline = TranscriptionPipeline(_echo, limits=limits, model_name="m")
+    samples = np.zeros(16000 * 45, np.float32)
+
+    async def run() -> None:
+        first = pipeline.admit()
+        await first.plan(samples, DecodeOptions())
+        assert pipeline.decoded_audio.held_seconds == pytest.approx(45.0)
+        with pipeline.admit() as second, pytest.raises(OverloadedError, match="decoded audio"):
+            await second.plan(samples, DecodeOptions())
+        first.release()
+        assert pipeline.decoded_audio.held_seconds == 0.0
+        with pipeline.admit() as third:
+            await third.plan(samples, DecodeOptions())
+
+    asyncio.run(run())
+    assert pipeline.decoded_audio.held_seconds == 0.0

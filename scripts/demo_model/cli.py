@@ -39,15 +39,16 @@ def add_utterances(parser: argparse.ArgumentParser) -> None:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The model's architecture switches; the defaults are the committed model's."""
     parser.add_argument(
-        "--conv-kernel", type=int, default=29, help="encoder convolution taps (cnn_module_kernel)"
+        "--conv-kernel", type=int, default=15, help="encoder convolution taps (cnn_module_kernel)"
     )
     parser.add_argument(
         "--centred-conv",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="centred (non-causal) encoder convolutions (--no-centred-conv: causal, as in "
-        "Reverb); with --init-from a causal model, "
-        "its k-tap kernels are widened to --conv-kernel 2k-1 without changing its output",
+        default=False,
+        help="centred (non-causal) encoder convolutions, as the v1 model had (default "
+        "--no-centred-conv: causal, as in Reverb, so that the model can stream); with "
+        "--init-from a causal model, its k-tap kernels are widened to --conv-kernel 2k-1 "
+        "without changing its output",
     )
     parser.add_argument(
         "--abs-pos",
@@ -73,6 +74,24 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", type=int, default=None, help="picks the pools' seed")
     parser.add_argument(
         "--long-fraction", type=float, default=0.3, help="share of 3-6 sentence utterances"
+    )
+    parser.add_argument(
+        "--continuous-share",
+        type=float,
+        default=0.6,
+        help="share of utterances spoken as continuous speech by espeak-ng (the rest word-joined)",
+    )
+    parser.add_argument(
+        "--chunk-from-step",
+        type=int,
+        default=300,
+        help="first step of dynamic chunk training (-1: full context throughout)",
+    )
+    parser.add_argument(
+        "--full-context-share",
+        type=float,
+        default=0.5,
+        help="share of full-context batches in dynamic chunk training",
     )
     parser.add_argument(
         "--long-from-pool",

@@ -2,10 +2,11 @@
 
 Utterances are either concatenations of trimmed word clips with random gaps
 (word-joined) or continuous speech from espeak-ng with its own word events (``speech``),
-so every word's true start and end is known; that gives the exact word times of the test manifest and
-the onset labels that break CTC's all-blank plateau. Training examples are assembled
-afresh for every pool (``ExampleStream``), so no waveform repeats although each
-(voice, word) clip is synthesised once. Features are the engine's own fbank, so the
+so every word's true start and end is known; that gives the exact word times of the test
+manifest and the onset labels that break CTC's all-blank plateau. Training examples are
+assembled afresh for every pool (``ExampleStream``), so no waveform repeats although each
+(voice, word) clip is synthesised once (continuous ones get new pauses, noise, gain and
+speed each time). Features are the engine's own fbank, so the
 model is trained on exactly what it is served.
 """
 
@@ -70,7 +71,8 @@ def assemble(
         pos += len(clip)
     pieces.append(np.zeros(int(rng.uniform(*lead) * SAMPLE_RATE), dtype=np.float32))
     speech_rms = float(np.sqrt(np.mean(np.concatenate([lexicon[(voice, w)] for w in words]) ** 2)))
-    return finish(words, clean, voice, np.concatenate(pieces), times, speech_rms, rng, snr_db, speed)
+    audio = np.concatenate(pieces)
+    return finish(words, clean, voice, audio, times, speech_rms, rng, snr_db, speed)
 
 
 def finish(
@@ -217,7 +219,13 @@ class ExampleStream:
                 one_go = n == 1 or rng.random() < 0.5
                 sentences = [v for v, _, _ in group]
                 utt = assemble_continuous(
-                    sentences, clean, voice, self.lexicon, nrng, one_go=one_go, speed=speed,
+                    sentences,
+                    clean,
+                    voice,
+                    self.lexicon,
+                    nrng,
+                    one_go=one_go,
+                    speed=speed,
                     snr_db=snr,
                 )
             else:

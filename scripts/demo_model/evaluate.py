@@ -20,13 +20,22 @@ import torch
 import yaml
 
 from scripts.demo_model.corpus import sentence
-from scripts.demo_model.data import Example, ExampleStream, Utterance, assemble
+from scripts.demo_model.data import (
+    Example,
+    ExampleStream,
+    Utterance,
+    assemble,
+    assemble_continuous,
+)
 from scripts.demo_model.model_config import write_config
-from scripts.demo_model.tts import Lexicon, Voice, heldout_voices
+from scripts.demo_model.tts import Lexicon, Voice, continuous_voices, heldout_voices
 
 
-def greedy_wer(model: torch.nn.Module, examples: list[Example], sp: Any) -> float:
-    """CTC greedy WER of a validation set: a cheap progress signal while training."""
+def greedy_wer(model: torch.nn.Module, examples: list[Example], sp: Any, chunk: int = -1) -> float:
+    """CTC greedy WER of a validation set: a cheap progress signal while training.
+
+    ``chunk`` > 0 decodes with that attention chunk (wenet's ``decoding_chunk_size``,
+    all left chunks), as a streaming decode sees the audio."""
     import jiwer
     from torch.nn.utils.rnn import pad_sequence
 
@@ -35,7 +44,9 @@ def greedy_wer(model: torch.nn.Module, examples: list[Example], sp: Any) -> floa
         feats = pad_sequence([e.feats for e in examples], batch_first=True)
         lens = torch.tensor([e.feats.shape[0] for e in examples], dtype=torch.int32)
         styles = torch.tensor([e.style for e in examples])
-        enc, mask = model.encoder(feats, lens, cat_embs=styles)
+        enc, mask = model.encoder(
+            feats, lens, decoding_chunk_size=chunk, num_decoding_left_chunks=-1, cat_embs=styles
+        )
         best = model.ctc.log_softmax(enc).argmax(-1)
     model.train()
     refs, hyps = [], []
@@ -68,8 +79,16 @@ def validation_sets(
     for k in range(6):
         words = [w for s in test_sentences[44 + 5 * k : 49 + 5 * k] for w in s]
         joined.append(assemble(words, words, held[k % len(held)], stream.lexicon, nrng))
+    # Continuous speech: the same held-out sentences spoken in one go by espeak-ng in
+    # the continuous sets' unseen voices (the test clips use other sentences).
+    cont = continuous_voices()
+    continuous = [
+        assemble_continuous([s], s, cont[k % len(cont)], stream.lexicon, nrng)
+        for k, s in enumerate(test_sentences[:24])
+    ]
     return {
         "heldout": [stream.example(u, verbatim=True) for u in heldout],
+        "continuous": [stream.example(u, verbatim=True) for u in continuous],
         "train-voices": [stream.example(u, verbatim=True) for u in seen],
         "heldout-joined": [stream.example(u, verbatim=True) for u in joined],
     }

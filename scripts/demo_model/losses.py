@@ -106,11 +106,27 @@ def forward_with_onsets(
     *,
     att_per_token: bool = False,
     guide_weight: float = 0.0,
+    chunk: int = -1,
 ) -> dict[str, torch.Tensor]:
     """wenet's ASRModel.forward (CTC + attention) plus the onset cross-entropy and,
-    with a probe, guided cross-attention."""
+    with a probe, guided cross-attention.
+
+    ``chunk`` is the encoder's attention chunk in 40 ms frames (-1: full context), as
+    wenet's dynamic chunk training draws it; the recipe draws it itself (``train``) so
+    that the onset cross-entropy can be left out of chunked batches: a frame at the end
+    of a chunk hears almost nothing of the word starting there (causal convolutions,
+    no attention past the chunk), so CTC must be free to place the spike later, where
+    the word has been heard; full-context batches keep the spikes at the onsets that
+    the aligned word starts read.
+    """
     cat_embs = data["cat_embs"]
-    enc, mask = model.encoder(data["feats"], data["feats_lengths"], cat_embs=cat_embs)
+    enc, mask = model.encoder(
+        data["feats"],
+        data["feats_lengths"],
+        decoding_chunk_size=chunk,
+        num_decoding_left_chunks=-1,
+        cat_embs=cat_embs,
+    )
     enc_lens = mask.squeeze(1).sum(1)
     text, text_lens = data["target"], data["target_lengths"]
     loss_ctc, _ = model.ctc(enc, enc_lens, text, text_lens)
@@ -127,6 +143,8 @@ def forward_with_onsets(
         tokens = float(text_lens.sum() + len(text_lens))  # with <eos>
         loss_att = loss_att * len(text_lens) / tokens * ATT_LOSS_TOKENS
     loss_ce = onset_cross_entropy(model.ctc.log_softmax(enc), frames)
+    if chunk > 0:
+        ce_weight = 0.0
     w = model.ctc_weight
     loss = w * loss_ctc + (1 - w) * loss_att + ce_weight * loss_ce
     guide = loss_ce.new_zeros(())

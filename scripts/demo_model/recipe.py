@@ -103,6 +103,7 @@ def training_stream(
         args.seed + 1000 * (stage - 1),
         long_fraction=args.long_fraction,
         long_from_pool=0 if args.init_from else args.long_from_pool,
+        continuous_share=args.continuous_share,
     )
 
 
@@ -177,6 +178,8 @@ def run_train(args: argparse.Namespace) -> None:
         validation=validation,
         att_per_token=args.att_loss_per_token,
         guide_weight=args.guide_weight,
+        chunk_from=None if args.chunk_from_step < 0 else args.chunk_from_step,
+        full_context_share=args.full_context_share,
     )
     save_model(out, config, model)
     print(f"trained in {time.time() - t_start:.0f}s; wrote {out}", flush=True)

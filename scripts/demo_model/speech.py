@@ -21,6 +21,7 @@ import ctypes.util
 import functools
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,7 +94,8 @@ class Espeak:
         self.lib.espeak_SetSynthCallback(self._callback)
         self.lock = threading.Lock()
 
-    def _receive(self, wav, numsamples, events) -> int:  # noqa: ANN001 (ctypes types)
+    def _receive(self, wav: Any, numsamples: int, events: Any) -> int:
+        """espeak-ng's synth callback: keep the samples and the word events; 0 goes on."""
         if numsamples > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
         k = 0

@@ -20,6 +20,7 @@ import numpy as np
 
 from scripts.demo_model.corpus import HELDOUT_COUNT, disfluent
 from scripts.demo_model.data import Utterance, assemble, assemble_continuous
+from scripts.demo_model.speech import speak
 from scripts.demo_model.tts import Lexicon, continuous_voices, hard_voices, heldout_voices
 from serve_app.engine.features import SAMPLE_RATE
 
@@ -139,8 +140,7 @@ def continuous_clips(
     chosen: list[list[str]] = []
     for s in sentences[24:]:
         chosen.append(s)
-        probe = assemble_continuous(chosen, [], voices[0], {}, np.random.default_rng(0))
-        if len(probe.audio) / SAMPLE_RATE >= 115:
+        if len(speak(chosen, voices[0]).audio) / SAMPLE_RATE >= 115:
             break
     clean = [w for s in chosen for w in s]
     u = assemble_continuous(chosen, clean, voices[0], lexicon, nrng)

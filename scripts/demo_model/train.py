@@ -98,10 +98,17 @@ def log_step(
 
 
 def log_validation(
-    step: int, model: torch.nn.Module, validation: dict[str, list[Example]], sp: Any
+    step: int,
+    model: torch.nn.Module,
+    validation: dict[str, list[Example]],
+    sp: Any,
+    streaming: bool = False,
 ) -> None:
-    """Greedy WER of every validation set: a progress signal, nothing is selected on it."""
+    """Greedy WER of every validation set (and, for a streaming model, of the continuous
+    one at chunk 16): a progress signal, nothing is selected on it."""
     wers = {name: greedy_wer(model, exs, sp) for name, exs in validation.items()}
+    if streaming and "continuous" in validation:
+        wers["continuous-chunk16"] = greedy_wer(model, validation["continuous"], sp, chunk=16)
     print(
         f"step {step}: greedy WER " + " ".join(f"{name} {w:.3f}" for name, w in wers.items()),
         flush=True,
@@ -124,16 +131,23 @@ def train(
     log_every: int = 50,
     validation: dict[str, list[Example]] | None = None,
     validate_every: int = 250,
+    chunk_from: int | None = None,
+    full_context_share: float = 0.5,
 ) -> None:
     """Train ``model`` in place for ``steps`` steps and leave it in eval mode.
 
-    ``fill`` is the mean feature SpecAugment writes into its masks.
+    ``fill`` is the mean feature SpecAugment writes into its masks. From step
+    ``chunk_from`` on (None: never), batches train with dynamic chunks as Reverb's
+    encoder does: a share ``full_context_share`` with full context, the rest with an
+    attention chunk of 1-25 frames (wenet's range: up to 1 s of delay) and all left
+    chunks, so that the model decodes with ``decoding_chunk_size`` 16 or 8 and chunk by
+    chunk with caches. The first steps are full-context because the onset labels that
+    break CTC's all-blank plateau are only used there (see ``forward_with_onsets``).
     """
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
+    chunk_rng = random.Random(seed + 11)  # its own stream: the batches stay as they were
     model.train()
-    # Full-context training; the config keeps Reverb's dynamic-chunk flag for structure.
-    model.encoder.use_dynamic_chunk = False
     # The conv2d subsampling is the largest cost of a CPU step; oneDNN runs it 1.4x
     # faster in channels-last layout (same arithmetic). Undone before saving.
     model.encoder.embed.conv.to(memory_format=torch.channels_last)
@@ -147,6 +161,8 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             data = collate(chosen, fill, gen)
+            full, size = chunk_rng.random() < full_context_share, chunk_rng.randint(1, 25)
+            chunk = -1 if chunk_from is None or step < chunk_from or full else size
             out = forward_with_onsets(
                 model,
                 data,
@@ -155,6 +171,7 @@ def train(
                 probe,
                 att_per_token=att_per_token,
                 guide_weight=guide_weight,
+                chunk=chunk,
             )
             opt.zero_grad()
             out["loss"].backward()
@@ -164,7 +181,7 @@ def train(
             if step % log_every == 0 or step == 1:
                 log_step(step, steps, out, chosen, lr_at(step), t0)
             if validation and (step % validate_every == 0 or step == steps):
-                log_validation(step, model, validation, stream.sp)
+                log_validation(step, model, validation, stream.sp, chunk_from is not None)
             if step >= steps:
                 break
     model.encoder.embed.conv.to(memory_format=torch.contiguous_format)

@@ -41,6 +41,7 @@ import av
 import numpy as np
 
 from serve_app.engine.containers import OPEN_OPTIONS
+from serve_app.engine.sample_buffer import Reserve, SampleBuffer
 from serve_app.wire import (
     AudioDecodeError,
     AudioTooLongError,
@@ -94,7 +95,9 @@ _METADATA_OPTIONS: dict[str, str] = (
 )
 
 
-def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray:
+def decode_audio(
+    data: bytes, *, max_seconds: float | None = None, reserve: Reserve | None = None
+) -> np.ndarray:
     """Decode an audio file held in memory to 16 kHz mono float32 samples in [-1, 1].
 
     Args:
@@ -105,6 +108,9 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray
             container's declared duration before decoding, then against the
             decoded sample count while decoding, so a long file is never fully
             decoded into memory. A server should always pass it.
+        reserve: Offered every allocation of decoded samples before it happens (see
+            :mod:`sample_buffer`); whatever it raises, e.g. a 503 when the server's
+            decoded-audio budget is spent, ends the decode.
 
     Raises:
         EmptyAudioError: ``data`` is empty or decodes to zero samples.
@@ -125,7 +131,7 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray
             if max_seconds is not None:
                 _precheck_duration(container, max_seconds)
             declared = _declared_duration(container)
-            waveform = _collect(_mono_chunks(container, stream), max_seconds, declared)
+            waveform = _collect(_mono_chunks(container, stream), max_seconds, declared, reserve)
     except _AV_FAILURES as exc:
         raise AudioDecodeError(
             f"The uploaded file could not be decoded as audio; send {_SUPPORTED_FORMATS}.",
@@ -140,7 +146,10 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray
 
 
 def as_waveform(
-    audio: bytes | bytearray | memoryview | np.ndarray, *, max_seconds: float | None = None
+    audio: bytes | bytearray | memoryview | np.ndarray,
+    *,
+    max_seconds: float | None = None,
+    reserve: Reserve | None = None,
 ) -> np.ndarray:
     """Return a private, writable 16 kHz mono float32 waveform for either kind of input.
 
@@ -157,7 +166,7 @@ def as_waveform(
         AudioDecodeError: bytes that are not decodable audio.
     """
     if isinstance(audio, (bytes, bytearray, memoryview)):
-        return decode_audio(bytes(audio), max_seconds=max_seconds)
+        return decode_audio(bytes(audio), max_seconds=max_seconds, reserve=reserve)
     if isinstance(audio, np.ndarray):
         return _validated_array(audio, max_seconds)
     raise InvalidRequestError(
@@ -317,33 +326,23 @@ def _to_mono(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
 
 
 def _collect(
-    chunks: Iterator[np.ndarray], max_seconds: float | None, declared_s: float | None
+    chunks: Iterator[np.ndarray],
+    max_seconds: float | None,
+    declared_s: float | None,
+    reserve: Reserve | None = None,
 ) -> np.ndarray:
     """Write chunks into one buffer sized from the header's duration, raising as soon
-    as the running total passes the limit.
-
-    One allocation instead of a list of pieces plus a concatenated copy halves the peak
-    memory of a long decode. A header that understates the length costs a doubling
-    (never past the limit); one that overstates it is cut back once at the end.
-    """
-    limit = _max_samples(max_seconds) if max_seconds is not None else None
-    guess = round((declared_s or 30.0) * TARGET_SAMPLE_RATE) + _CHUNK_SAMPLES
-    capacity = min(guess, limit + _CHUNK_SAMPLES) if limit is not None else guess
-    buffer = np.empty(capacity, dtype=np.float32)
-    total = 0
+    as the running total passes the limit (see :mod:`sample_buffer`)."""
+    buffer = SampleBuffer(
+        expected=round(declared_s * TARGET_SAMPLE_RATE) if declared_s else None,
+        limit=_max_samples(max_seconds) if max_seconds is not None else None,
+        too_long=lambda: _too_long(max_seconds),
+        reserve=reserve,
+        margin=_CHUNK_SAMPLES,
+    )
     for chunk in chunks:
-        end = total + chunk.shape[0]
-        if limit is not None and end > limit:
-            raise _too_long(max_seconds)
-        if end > buffer.shape[0]:
-            grown = max(end, 2 * buffer.shape[0])
-            buffer = np.resize(buffer, grown if limit is None else min(grown, limit))
-        buffer[total:end] = chunk
-        total = end
-    # A view keeps the buffer alive: fine for the usual small slack, not for a header
-    # that claimed far more audio than the file held.
-    small_slack = buffer.shape[0] - total <= max(total // 10, TARGET_SAMPLE_RATE)
-    return buffer[:total] if small_slack else buffer[:total].copy()
+        buffer.append(chunk)
+    return buffer.samples()
 
 
 # --- array input --------------------------------------------------------------

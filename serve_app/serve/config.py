@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from serve_app.engine.model_loader import model_id
+from serve_app.pipeline import PipelineLimits
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -63,6 +64,13 @@ class AppConfig(BaseModel):
         ge=1,
         description="Transcriptions in flight (decoding or on the model) per Ingress "
         "replica before 503. Uploads still arriving do not count: see max_concurrent_uploads.",
+    )
+    max_decoded_audio_seconds: float = Field(
+        28800.0,
+        gt=0,
+        description="Decoded audio one Ingress replica holds at once, in seconds "
+        "(float32 at 16 kHz: 28800 s is 1.8 GB); a decode that would pass it is a 503. "
+        "At least max_audio_seconds, so the longest allowed file fits.",
     )
     max_concurrent_uploads: int = Field(
         128,
@@ -118,6 +126,12 @@ class AppConfig(BaseModel):
         return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
+    def _longest_file_fits(self) -> AppConfig:
+        if self.max_decoded_audio_seconds < self.max_audio_seconds:
+            raise ValueError("max_decoded_audio_seconds must be at least max_audio_seconds")
+        return self
+
+    @model_validator(mode="after")
     def _one_key_source(self) -> AppConfig:
         if self.api_key is not None and self.api_key_env is not None:
             raise ValueError("set api_key or api_key_env, not both")
@@ -143,6 +157,16 @@ class AppConfig(BaseModel):
         if self.num_gpus is not None:
             return self.num_gpus
         return 1.0 if self.device.startswith("cuda") else 0.0
+
+    def pipeline_limits(self) -> PipelineLimits:
+        """The request pipeline's limits, from this config."""
+        return PipelineLimits(
+            max_upload_bytes=self.max_upload_bytes,
+            max_audio_seconds=self.max_audio_seconds,
+            max_concurrent_requests=self.max_concurrent_requests,
+            request_timeout_s=self.request_timeout_s,
+            max_decoded_audio_seconds=self.max_decoded_audio_seconds,
+        )
 
     def resolve_api_key(self) -> str | None:
         """The key to enforce, read now (in the replica) so env-var keys never travel."""

@@ -153,3 +153,6 @@ class Readiness(BaseModel):
     device: str
     parameters: int
     in_flight: int = Field(description="Transcriptions this Ingress replica is running.")
+    decoded_audio_seconds: float = Field(
+        0.0, description="Decoded audio this Ingress replica holds (see its budget)."
+    )

@@ -22,7 +22,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.pipeline import PipelineLimits, TranscriptionPipeline
+from serve_app.pipeline import TranscriptionPipeline
 from serve_app.request_options import parse_request_options
 from serve_app.serve.config import AppConfig
 from serve_app.serve.http_api import create_http_app
@@ -87,12 +87,7 @@ class Ingress:
         self._metrics = IngressMetrics()
         self.pipeline = TranscriptionPipeline(
             self._decode_chunk,
-            limits=PipelineLimits(
-                max_upload_bytes=config.max_upload_bytes,
-                max_audio_seconds=config.max_audio_seconds,
-                max_concurrent_requests=config.max_concurrent_requests,
-                request_timeout_s=config.request_timeout_s,
-            ),
+            limits=config.pipeline_limits(),
             model_name=config.served_model_name,
             on_audio_done=self._metrics.record_audio,
         )
@@ -122,7 +117,11 @@ class Ingress:
             raise UnavailableError("No model replica answered in time.") from exc
         except Exception as exc:
             raise UnavailableError(f"The model is not ready ({type(exc).__name__}).") from exc
-        return {**info, "in_flight": self.pipeline.in_flight}
+        return {
+            **info,
+            "in_flight": self.pipeline.in_flight,
+            "decoded_audio_seconds": self.pipeline.decoded_audio.held_seconds,
+        }
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self._metrics.record_request(route, status, seconds)

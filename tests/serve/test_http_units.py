@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from serve_helpers import assert_openai_error, multipart_file, wav_bytes
 
 from serve_app.engine.chunking import CHUNK_FRAMES
-from serve_app.pipeline import PipelineLimits, TranscriptionPipeline
+from serve_app.pipeline import TranscriptionPipeline
 from serve_app.serve.config import AppConfig
 from serve_app.serve.http_api import create_http_app
 from serve_app.wire import ChunkDecodeError, ChunkJob, ChunkResult, UnavailableError, Word
@@ -49,11 +49,7 @@ class FakeBackend:
         self.ready = True
         self.pipeline = TranscriptionPipeline(
             self._decode,
-            limits=PipelineLimits(
-                max_upload_bytes=self.config.max_upload_bytes,
-                max_audio_seconds=self.config.max_audio_seconds,
-                max_concurrent_requests=self.config.max_concurrent_requests,
-            ),
+            limits=self.config.pipeline_limits(),
             model_name=self.config.served_model_name,
         )
 
