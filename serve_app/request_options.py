@@ -32,7 +32,14 @@ def english_only(language: str | None) -> str | None:
 Language = Annotated[
     str | None,
     AfterValidator(english_only),
-    Field(description="The audio's language: English only ('en', 'en-US', ...)."),
+    Field(
+        description="The audio's language: English only ('en', 'en-US', ...).",
+        # What english_only accepts, said in the schema so that clients and schema
+        # fuzzers know it (JSON Schema patterns have no case-insensitive flag).
+        json_schema_extra={
+            "pattern": r"^\s*(?:[Ee][Nn](?:[-_].*)?|[Ee][Nn][Gg][Ll][Ii][Ss][Hh])?\s*$"
+        },
+    ),
 ]
 
 

@@ -3,7 +3,15 @@
 The model in models/demo and the clips in tests/data/demo come from the recipe in
 scripts/demo_model/ (nothing here trains). The held-out clips use sentences
 and voice variants that training never saw; every word's true start and end is in
-the manifest because the clips are concatenations of trimmed single-word clips.
+the manifest: the word-joined clips are concatenations of trimmed single-word clips,
+the continuous ones carry espeak-ng's own word events.
+
+Tests marked ``v2_target`` are the targets of the demo model v2 (issue 18: continuous
+speech, streaming). They are expected to fail against the v1 model (centred
+convolutions, no continuous test clips) and are xfailed while that model is the one
+under test; once a causal model with continuous clips is committed they assert plainly.
+``DEMO_MODEL_DIR`` / ``DEMO_DATA_DIR`` point the whole file at another model folder and
+test-data folder (a trial run), without touching the committed ones.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 import statistics
 from functools import cache
 from pathlib import Path
@@ -32,8 +41,8 @@ from serve_app.engine.transcriber import Request, Transcriber
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "models" / "demo"
-DATA_DIR = ROOT / "tests" / "data" / "demo"
+MODEL_DIR = Path(os.environ.get("DEMO_MODEL_DIR", ROOT / "models" / "demo"))
+DATA_DIR = Path(os.environ.get("DEMO_DATA_DIR", ROOT / "tests" / "data" / "demo"))
 FILLERS = {"um", "uh"}
 ALL_MODES = (
     "ctc_greedy_search",
@@ -51,6 +60,22 @@ def manifest() -> dict:
 
 def clips(kind: str) -> list[dict]:
     return [c for c in manifest()["clips"] if c["set"] == kind]
+
+
+def is_v2() -> bool:
+    """A streaming-capable model (causal convolutions, dynamic chunks) with the
+    continuous test clips: the v2 targets apply to it."""
+    conf = yaml.safe_load((MODEL_DIR / "config.yaml").read_text())["encoder_conf"]
+    streaming = bool(conf.get("causal")) and bool(conf.get("use_dynamic_chunk"))
+    return streaming and bool(clips("continuous")) and bool(clips("continuous_long"))
+
+
+v2_target = pytest.mark.xfail(
+    not is_v2(),
+    reason="demo model v2 target (issue 18); the model under test is v1 (not streaming, "
+    "or no continuous test clips)",
+    strict=False,  # some v1 figures (say, no fillers at verbatimicity 0) pass by chance
+)
 
 
 @cache
@@ -261,22 +286,30 @@ def test_long_form_wer(transcriber, mode):
     assert t.words[-1].end > 100  # the last chunks were decoded
 
 
-def test_word_timings_against_known_times(transcriber):
+def timing_errors(transcriber, kind: str) -> tuple[float, float]:
+    """Median |start error| and |end error| (s) of the aligned words of one clip set."""
     starts, ends = [], []
-    for clip, t in zip(clips("heldout"), decode_set(transcriber, "heldout"), strict=True):
+    for clip, t in zip(clips(kind), decode_set(transcriber, kind), strict=True):
         ref = clip["words"]
         hyp = t.words
         for i, j in matched_pairs([w["word"] for w in ref], [w.word for w in hyp]):
             starts.append(hyp[j].start - ref[i]["start"])
             ends.append(hyp[j].end - ref[i]["end"])
+    assert starts, f"no word of the {kind} set was recognised"
     start_err = statistics.median(abs(x) for x in starts)
     end_err = statistics.median(abs(x) for x in ends)
     print(
-        f"word timing: median |start error| {start_err * 1000:.0f} ms, "
+        f"word timing ({kind}): median |start error| {start_err * 1000:.0f} ms, "
         f"median |end error| {end_err * 1000:.0f} ms over {len(starts)} words "
         f"(signed medians {statistics.median(starts) * 1000:+.0f} / "
         f"{statistics.median(ends) * 1000:+.0f} ms)"
     )
+    return start_err, end_err
+
+
+@pytest.mark.parametrize("kind", ["heldout", pytest.param("continuous", marks=v2_target)])
+def test_word_timings_against_known_times(transcriber, kind):
+    start_err, end_err = timing_errors(transcriber, kind)
     assert start_err <= 0.080
     assert end_err <= 0.120
 
@@ -300,27 +333,81 @@ def test_confidence_separates_right_from_wrong_words(transcriber):
     assert np.mean(wrong) < np.mean(right)
 
 
-def test_verbatimicity_keeps_or_drops_fillers(transcriber):
-    with_fillers = [c for c in clips("heldout") if FILLERS & set(c["text"].split())]
+@pytest.mark.parametrize("kind", ["heldout", pytest.param("continuous", marks=v2_target)])
+def test_verbatimicity_keeps_or_drops_fillers(transcriber, kind):
+    with_fillers = [c for c in clips(kind) if FILLERS & set(c["text"].split())]
     assert len(with_fillers) >= 5
     n_ref = sum(sum(w in FILLERS for w in c["text"].split()) for c in with_fillers)
-    verbatim = decode_set(transcriber, "heldout", verbatimicity=1.0)
-    clean = decode_set(transcriber, "heldout", verbatimicity=0.0)
+    verbatim = decode_set(transcriber, kind, verbatimicity=1.0)
+    clean = decode_set(transcriber, kind, verbatimicity=0.0)
     recalled = 0
-    for clip, t in zip(clips("heldout"), verbatim, strict=True):
+    for clip, t in zip(clips(kind), verbatim, strict=True):
         ref = clip["text"].split()
         hyp = t.text.split()
         recalled += sum(ref[i] in FILLERS for i, _ in matched_pairs(ref, hyp))
     emitted = sum(sum(w in FILLERS for w in t.text.split()) for t in clean)
     recall, rate = recalled / n_ref, emitted / n_ref
-    refs_clean = [c["text_nonverbatim"] for c in clips("heldout")]
+    refs_clean = [c["text_nonverbatim"] for c in clips(kind)]
     clean_wer = wer(refs_clean, [t.text for t in clean])
     print(
-        f"fillers: recall {recall:.0%} at verbatimicity 1, rate {rate:.0%} at verbatimicity 0 "
-        f"({n_ref} fillers); WER against non-verbatim text at verbatimicity 0: {clean_wer:.2%}"
+        f"fillers ({kind}): recall {recall:.0%} at verbatimicity 1, rate {rate:.0%} at "
+        f"verbatimicity 0 ({n_ref} fillers); WER against non-verbatim text at "
+        f"verbatimicity 0: {clean_wer:.2%}"
     )
     assert recall >= 0.9
     assert rate <= 0.1
+
+
+# -- continuous speech and streaming (demo model v2, issue 18) ---------------------------
+
+
+@v2_target
+def test_continuous_sets_are_unseen_sentences_in_unseen_voices():
+    """Continuous clips: sentences the plan never trains on, voice variants it never uses,
+    word times inside the clip and in order."""
+    recipe = manifest()["recipe"]
+    voices, _, plan = corpus.training_plan(recipe["seed"], recipe["voices"], recipe["utterances"])
+    trained = {" ".join(clean) for _, clean, _ in plan}
+    trained_voices = {(v.voice, v.variant) for v in voices}
+    cont = clips("continuous") + clips("continuous_long")
+    assert len(clips("continuous")) >= 20
+    for c in cont:
+        name, _, variant = c["voice"].split()[0].partition("+")
+        assert variant not in recipe["training_voice_variants"], c["file"]
+        assert (name, variant) not in trained_voices
+        starts = [w["start"] for w in c["words"]]
+        assert starts == sorted(starts) and c["words"][-1]["end"] <= c["duration"]
+    for c in clips("continuous"):
+        assert c["text_nonverbatim"] not in trained, c["file"]
+    (long_clip,) = clips("continuous_long")
+    assert 100 <= long_clip["duration"] <= 150
+    assert len(long_clip["words"]) > 250  # about two minutes of words, no gaps between them
+
+
+@v2_target
+def test_model_is_causal_with_dynamic_chunks_as_reverb():
+    conf = yaml.safe_load((MODEL_DIR / "config.yaml").read_text())["encoder_conf"]
+    assert conf["causal"] is True and conf["use_dynamic_chunk"] is True
+    assert conf["use_dynamic_left_chunk"] is False
+
+
+@v2_target
+def test_continuous_wer(transcriber):
+    hyps = [t.text for t in decode_set(transcriber, "continuous")]
+    refs = [c["text"] for c in clips("continuous")]
+    value = wer(refs, hyps)
+    print(f"continuous held-out WER attention_rescoring: {value:.2%} ({len(refs)} clips)")
+    assert value <= 0.08
+
+
+@v2_target
+def test_continuous_long_form_wer(transcriber):
+    (clip,) = clips("continuous_long")
+    (t,) = decode_set(transcriber, "continuous_long")
+    value = wer([clip["text"]], [t.text])
+    print(f"continuous long-form WER attention_rescoring: {value:.2%} ({clip['duration']:.0f} s)")
+    assert value <= 0.10
+    assert t.words[-1].end > 100
 
 
 # -- fidelity with Rev's wrapper and batch invariance --------------------------------------
@@ -350,6 +437,78 @@ def test_transcripts_equal_rev_wrapper(transcriber, rev_asr, mode):
                 clip["file"], mode=mode, verbatimicity=verbatimicity, format="txt"
             )
             assert t.text == rev, clip["file"]
+
+
+@v2_target
+@pytest.mark.parametrize("mode", ["ctc_prefix_beam_search", "attention_rescoring"])
+def test_continuous_transcripts_equal_rev_wrapper(transcriber, rev_asr, mode):
+    ours = decode_set(transcriber, "continuous", decoding_mode=mode)
+    for clip, t in zip(clips("continuous"), ours, strict=True):
+        assert t.text == rev_asr.transcribe(clip["file"], mode=mode, format="txt"), clip["file"]
+
+
+@v2_target
+def test_streaming_wer_chunk_16_and_8(rev_asr):
+    """Chunked decoding (full left context) through Rev's own wrapper, on the continuous
+    set: chunk 16 (640 ms) is the target, chunk 8 is reported."""
+    refs = [c["text"] for c in clips("continuous")]
+    figures = {}
+    for chunk in (16, 8):
+        hyps = [
+            rev_asr.transcribe(
+                c["file"], mode="ctc_prefix_beam_search", decoding_chunk_size=chunk, format="txt"
+            )
+            for c in clips("continuous")
+        ]
+        figures[chunk] = wer(refs, hyps)
+        print(f"continuous WER ctc_prefix_beam_search, chunk {chunk}: {figures[chunk]:.2%}")
+    assert figures[16] <= 0.12
+
+
+@v2_target
+def test_chunk_by_chunk_decoding_with_caches_equals_chunked_decoding(demo_model):
+    """Streaming with attention and convolution caches (wenet's forward_chunk, one chunk
+    at a time) gives the encoder output of the chunk-masked decode: causal convolutions
+    and dynamic chunk training are what make this hold and mean something."""
+    from serve_app.engine.features import fbank
+
+    model = demo_model.model
+    cat = torch.tensor([1.0, 0.0])
+    for clip in clips("continuous")[:3]:
+        x = fbank(waveform(clip["file"])).unsqueeze(0)
+        with torch.inference_mode():
+            masked, _ = model.encoder(
+                x, torch.tensor([x.shape[1]]), decoding_chunk_size=16, cat_embs=cat
+            )
+            cached, _ = model.encoder.forward_chunk_by_chunk(x, 16, -1, cat_embs=cat)
+            greedy = [model.ctc.log_softmax(e).argmax(-1) for e in (masked, cached)]
+        torch.testing.assert_close(cached, masked, atol=1e-4, rtol=1e-4)
+        assert torch.equal(greedy[0], greedy[1])
+
+
+@v2_target
+def test_transcripts_equal_rev_wrapper_at_chunk_16(transcriber, rev_asr):
+    if "decoding_chunk_size" not in DecodeOptions.model_fields:
+        pytest.skip("the engine has no decoding_chunk_size option yet (serve_app)")
+    mode = "ctc_prefix_beam_search"
+    ours = decode_set(transcriber, "continuous", decoding_mode=mode, decoding_chunk_size=16)
+    for clip, t in zip(clips("continuous"), ours, strict=True):
+        rev = rev_asr.transcribe(clip["file"], mode=mode, decoding_chunk_size=16, format="txt")
+        assert t.text == rev, clip["file"]
+
+
+def test_espeak_word_events_give_every_word_a_time():
+    """The continuous style's word times come from espeak-ng's synthesis callback."""
+    from scripts.demo_model.speech import speak
+
+    words = [["please", "check", "the", "old", "phone", "next", "week"], ["call", "the", "team"]]
+    spoken = speak(words, Voice("en-us", "f3", 175, 50))
+    assert spoken.words == [w for s in words for w in s]
+    starts = [a for a, _ in spoken.times]
+    assert starts[0] == 0.0 and starts == sorted(starts)
+    assert all(b > a for a, b in spoken.times)
+    assert spoken.times[-1][1] <= len(spoken.audio) / 16000 + 1e-6
+    assert 1.5 < len(spoken.audio) / 16000 < 5
 
 
 def test_every_mode_gives_the_same_words_alone_and_in_mixed_batches(transcriber):

@@ -1,7 +1,8 @@
 """The demo Reverb model's training recipe: English speech synthesised with espeak-ng.
 
-A seeded, reproducible recipe (CPU only; the committed model is one stage of about 42
-minutes on 2 cores: ``make demo-model``, see models/demo/README.md). It lives in a
+A seeded, reproducible recipe (CPU only, one stage on 2 cores: ``make demo-model``, see
+models/demo/README.md; the defaults are the v2 recipe of issue 18: continuous speech
+and a streaming-capable encoder). It lives in a
 package so that each step can be read, tested and imported on its own:
 
 1. ``corpus``: a ~130-word vocabulary (numbers, days, months, common verbs and nouns,
@@ -10,18 +11,22 @@ package so that each step can be read, tested and imported on its own:
    drop them) and the seeded sentence plan.
 2. ``tts``: every word synthesised once per voice configuration (espeak-ng voice +
    variant, speed, pitch), resampled to 16 kHz and trimmed of leading/trailing silence.
-3. ``data``: utterances built by concatenating those word clips with random gaps, so
-   every word's true start and end is known, assembled afresh for every training pool
-   (new gaps, white noise level, gain and speed perturbation): no waveform repeats.
+3. ``speech`` and ``data``: utterances either word-joined (those word clips
+   concatenated with random gaps) or continuous (whole sentences and multi-sentence
+   texts spoken by espeak-ng in one go through its C library, word times from its word
+   events), so every word's true start and end is known; assembled afresh for every
+   training pool (new gaps and pauses, white noise level, gain and speed
+   perturbation): no waveform repeats.
 4. ``model_config``: a SentencePiece BPE model and Reverb's unit table from the
    transcripts, global CMVN from the first pool's features, and a small model with
    reverb_asr_v1's config structure (conformer encoder with language-specific layers,
    ``lslbitransformer`` decoder, cat_emb length 2, pass_cat_emb).
 5. ``losses`` and ``train``: CTC + attention loss plus onset cross-entropy and guided
-   cross-attention. Verbatim targets train with cat_emb [1, 0], non-verbatim ones with
-   [0, 1].
+   cross-attention, with dynamic chunk training (the encoder is causal, as Reverb's, so
+   the model streams). Verbatim targets train with cat_emb [1, 0], non-verbatim ones
+   with [0, 1].
 6. ``evaluate``: progress WERs while training and the timings calibration after it.
-7. ``testdata``: the held-out test clips and their manifest.
+7. ``testdata``: the held-out test clips (word-joined and continuous) and their manifest.
 
 ``recipe`` runs those steps in the order that keeps the seeded draws, and ``cli`` gives
 them subcommands::

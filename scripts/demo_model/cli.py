@@ -62,7 +62,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Schedule, data mix and loss weights; the defaults are the committed model's."""
-    parser.add_argument("--steps", type=int, default=4800, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=4400, help="optimizer steps")
     parser.add_argument(
         "--max-frames", type=int, default=5000, help="padded feature frames per batch"
     )

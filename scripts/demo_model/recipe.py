@@ -144,6 +144,8 @@ def save_model(out: Path, config: dict[str, Any], model: torch.nn.Module) -> Non
 def run_train(args: argparse.Namespace) -> None:
     """The full recipe: synthesise, train, save, calibrate, and the test data if asked."""
     t_start = time.time()
+    settings = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    print("settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
     voices, test_sentences, plan = training_plan(args.seed, args.voices, args.utterances)
     lexicon = synthesise_lexicon(voices + heldout_voices() + hard_voices(), VOCABULARY, jobs=2)
     print(f"synthesised {len(lexicon)} word clips in {time.time() - t_start:.0f}s", flush=True)

@@ -79,14 +79,35 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "A bad field or value (param names it).",
         401: "Missing or wrong API key (only when one is configured).",
+        404: "The model field names a model this app does not serve.",
+        408: "The request body arrived too slowly.",
         413: "The upload or its audio is over the configured limit.",
         415: "The upload is not audio that can be decoded.",
         503: "At capacity or no model replica; retry after Retry-After seconds.",
         504: "The transcription ran past the server's request_timeout_s.",
     }.items()
 }
-_TEXT = {"text/plain": {"schema": {"type": "string"}}}
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_TEXT = {
+    "text/plain": {"schema": {"type": "string"}},
+    "text/vtt": {"schema": {"type": "string"}},
+}
+_SSE = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "description": "One server-sent event per chunk (OpenAI's transcription stream).",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "description": "transcript.text.delta {delta}, then transcript.text.done "
+                    "{text}; or an OpenAI error object if the stream fails.",
+                }
+            },
+        }
+    }
+}
 
 
 def create_http_app(backend_provider: Callable[[], HttpBackend]) -> FastAPI:

@@ -41,10 +41,30 @@ def _list_field(name: str, description: str) -> Any:
 _IGNORED = "Accepted for OpenAI compatibility and ignored by Reverb."
 
 
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """A multipart field is sent or left out; it cannot be null. Say so in the schema
+    (drop the ``null`` branch pydantic gives optional fields), so that clients and
+    schema fuzzers do not send the text "null" for a field they mean to omit."""
+    for prop in schema.get("properties", {}).values():
+        branches = prop.get("anyOf")
+        if branches and {"type": "null"} in branches:
+            rest = [b for b in branches if b != {"type": "null"}]
+            del prop["anyOf"]
+            if len(rest) == 1:
+                prop.update(rest[0])
+            else:
+                prop["anyOf"] = rest
+
+
 class TranscriptionForm(RequestOptions):
     """``POST /v1/audio/transcriptions`` (multipart/form-data)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        arbitrary_types_allowed=True,
+        json_schema_extra=_absent_not_null,
+    )
 
     file: UploadFile = Field(
         description="The audio file: wav, flac, mp3, ogg/opus, webm/opus, m4a/aac and "
