@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +69,37 @@ def emit(text: str, md: Path | None = None, json_path: Path | None = None, resul
         md.write_text(text.rstrip("\n") + "\n")
     if json_path:
         json_path.write_text(json.dumps(result, indent=1, default=str))
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now (all held open while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 8) -> Iterator[str]:
+    """A local Ray instance with its dashboard on 127.0.0.1 (Serve's REST API lives
+    there); yields the dashboard URL and shuts Serve and Ray down afterwards."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    (dashboard_port,) = free_ports(1)
+    context = ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+    )
+    try:
+        yield "http://" + context.dashboard_url
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Attacks against a live server on 127.0.0.1, each with its pass criterion.
+
+``bomb``: many clients each upload a silent Opus just under the duration limit (a few
+hundred kB that decode to hundreds of MB). Starts the app from a Serve config (default
+``configs/local.yaml``) on a local Ray instance, samples the Ingress process's RSS
+while the clients run, and reports the peak against the decoded-audio budget, how
+many requests were served or shed, and how fast a file over the limit is refused.
+Pass: peak RSS growth stays within the budget plus a fixed overhead, every answer is
+200, 503 (with Retry-After) or 413, and the over-limit file is refused in seconds.
+
+    python -m bench.attack bomb --clients 64
+    python -m bench.attack bomb --clients 64 --budget-s 3600
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import yaml
+
+from bench._common import emit, free_ports, load_avg, local_ray, machine, md_table
+from serve_app.deploy import deploy_config
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "reverb"
+
+
+def silent_opus(seconds: float) -> bytes:
+    """Digital silence in Ogg/Opus: about 1.4 MB per hour of audio."""
+    buffer = io.BytesIO()
+    frame = 960  # 20 ms at 48 kHz
+    silence = np.zeros((1, frame), np.float32)
+    with av.open(buffer, "w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=48000, layout="mono")
+        for k in range(int(seconds * 48000 / frame)):
+            chunk = av.AudioFrame.from_ndarray(silence, format="flt", layout="mono")
+            chunk.sample_rate, chunk.pts = 48000, k * frame
+            out.mux(stream.encode(chunk))
+        out.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def app_config(path: Path, port: int, budget_s: float | None) -> dict[str, Any]:
+    """The Serve config at ``path`` on a free loopback port, the model path absolute."""
+    config = yaml.safe_load(path.read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["proxy_location"] = "HeadOnly"
+    for app in config["applications"]:
+        args = app.setdefault("args", {})
+        model = Path(args.get("model", ""))
+        if args.get("model") and not model.is_absolute() and (ROOT / model).is_dir():
+            args["model"] = str((ROOT / model).resolve())
+        if budget_s is not None:
+            args["max_decoded_audio_seconds"] = budget_s
+    return config
+
+
+def ingress_pid(dashboard_url: str) -> int:
+    """The Ingress replica's process, from Ray's state API."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=dashboard_url, filters=[("state", "=", "ALIVE")], detail=True)
+    for actor in alive:
+        if actor.class_name.endswith(f"{APP}:Ingress"):
+            return int(actor.pid)
+    raise RuntimeError("no live Ingress replica")
+
+
+class RssSampler:
+    """Samples one process's resident set every few milliseconds; keeps the peak."""
+
+    def __init__(self, pid: int, every_s: float = 0.01) -> None:
+        self._path = Path(f"/proc/{pid}/status")
+        self._every_s = every_s
+        self.baseline_mb = self.read_mb()
+        self.peak_mb = self.baseline_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def read_mb(self) -> float:
+        for line in self._path.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self.peak_mb = max(self.peak_mb, self.read_mb())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def fire(url: str, upload: bytes, clients: int) -> list[tuple[int, float, str]]:
+    """``clients`` uploads at once; (status, seconds, Retry-After) each."""
+    import httpx
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, float, str]:
+        started = time.perf_counter()
+        response = await client.post(
+            url + "/v1/audio/transcriptions",
+            files={"file": ("silence.opus", upload, "audio/ogg")},
+            data={"decoding_mode": "ctc_greedy_search"},
+        )
+        return (
+            response.status_code,
+            time.perf_counter() - started,
+            response.headers.get("retry-after", ""),
+        )
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        return await asyncio.gather(*(one(client) for _ in range(clients)))
+
+
+def bomb(args: argparse.Namespace) -> dict[str, Any]:
+    (port,) = free_ports(1)
+    config = app_config(Path(args.config), port, args.budget_s)
+    app_args = config["applications"][0]["args"]
+    limit_s = float(app_args.get("max_audio_seconds", 7200))
+    seconds = limit_s - 10
+    upload = silent_opus(seconds)
+    over = silent_opus(limit_s * 2)
+    url = f"http://127.0.0.1:{port}"
+    with local_ray() as dashboard:
+        deploy_config(config, dashboard_url=dashboard, timeout_s=300)
+        with RssSampler(ingress_pid(dashboard)) as rss:
+            answers = asyncio.run(fire(url, upload, args.clients))
+            over_answer = asyncio.run(fire(url, over, 1))[0]
+        time.sleep(0.5)
+    statuses = Counter(status for status, _, _ in answers)
+    budget_s = float(app_args.get("max_decoded_audio_seconds", 28800))
+    result = {
+        "machine": machine(),
+        "load_avg": load_avg(),
+        "config": args.config,
+        "clients": args.clients,
+        "upload_bytes": len(upload),
+        "upload_audio_s": seconds,
+        "decoded_mb_per_upload": seconds * 16000 * 4 / 2**20,
+        "budget_s": budget_s,
+        "budget_mb": budget_s * 16000 * 4 / 2**20,
+        "statuses": dict(statuses),
+        "retry_after_on_503": sorted({ra for status, _, ra in answers if status == 503}),
+        "max_answer_s": max(s for _, s, _ in answers),
+        "rss_baseline_mb": rss.baseline_mb,
+        "rss_peak_mb": rss.peak_mb,
+        "rss_growth_mb": rss.peak_mb - rss.baseline_mb,
+        "over_limit": {"status": over_answer[0], "seconds": over_answer[1]},
+    }
+    result["passed"] = bool(
+        set(statuses) <= {200, 503, 413}
+        and result["rss_growth_mb"] <= result["budget_mb"] + 300
+        and over_answer[0] == 413
+        and over_answer[1] < 10
+    )
+    return result
+
+
+def report_md(result: dict[str, Any]) -> str:
+    rows = [
+        ["clients x upload", f"{result['clients']} x {result['upload_bytes']} B "
+         f"({result['upload_audio_s']:g} s, {result['decoded_mb_per_upload']:.0f} MB decoded)"],
+        ["decoded-audio budget", f"{result['budget_s']:g} s = {result['budget_mb']:.0f} MB"],
+        ["answers", ", ".join(f"{k}: {v}" for k, v in sorted(result["statuses"].items()))],
+        ["Retry-After on 503", ", ".join(result["retry_after_on_503"]) or "-"],
+        ["slowest answer", f"{result['max_answer_s']:.1f} s"],
+        ["Ingress RSS", f"{result['rss_baseline_mb']:.0f} MB -> peak "
+         f"{result['rss_peak_mb']:.0f} MB (+{result['rss_growth_mb']:.0f} MB)"],
+        ["file over the limit", f"{result['over_limit']['status']} in "
+         f"{result['over_limit']['seconds']:.2f} s"],
+        ["passed", str(result["passed"])],
+    ]  # fmt: skip
+    return f"{result['machine']}; load {result['load_avg']}\n\n" + md_table(["", ""], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="attack", required=True)
+    b = sub.add_parser("bomb", help="decode bombs: peak Ingress RSS against the budget")
+    b.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
+    b.add_argument("--clients", type=int, default=64)
+    b.add_argument("--budget-s", type=float, default=None, help="max_decoded_audio_seconds")
+    b.add_argument("--md", type=Path)
+    b.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    result = bomb(args)
+    emit(report_md(result), args.md, args.json, result)
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
