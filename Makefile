@@ -51,9 +51,9 @@ tiny-model: $(STAMP)
 full-size-model: $(STAMP)
 	$(PY) scripts/make_test_model.py full --out models/full_size
 
-# Rebuilds models/demo and tests/data/demo in one stage (about 42 minutes on 2 cores;
-# installs espeak-ng with apt-get when it is missing). The recipe's defaults are the
-# committed model's settings; models/demo/README.md explains them and the runs that led here.
+# Rebuilds models/demo and tests/data/demo in one stage (about 45 minutes on 2 cores;
+# installs espeak-ng with apt-get when it is missing). The recipe's defaults are the v2
+# recipe (issue 18; see models/demo/README.md, which explains them and the runs so far).
 demo-model: $(STAMP)
 	command -v espeak-ng >/dev/null || { apt-get update && apt-get install -y espeak-ng; }
 	$(PY) -m scripts.demo_model train --out models/demo --test-data tests/data/demo

@@ -62,6 +62,13 @@ def clips(kind: str) -> list[dict]:
     return [c for c in manifest()["clips"] if c["set"] == kind]
 
 
+def needed(kind: str) -> list[dict]:
+    """The clips of a set that a test cannot mean anything without."""
+    found = clips(kind)
+    assert found, f"no {kind} clips in {DATA_DIR}"
+    return found
+
+
 def is_v2() -> bool:
     """A streaming-capable model (causal convolutions, dynamic chunks) with the
     continuous test clips: the v2 targets apply to it."""
@@ -108,6 +115,7 @@ _RESULTS: dict[tuple, list] = {}
 def decode_set(transcriber, kind: str, **options) -> list:
     """Transcripts of one clip set, decoded as one batch, cached per options."""
     key = (kind, tuple(sorted(options.items())))
+    needed(kind)
     if key not in _RESULTS:
         opts = DecodeOptions(**options)
         reqs = [Request(waveform(c["file"]), opts) for c in clips(kind)]
@@ -451,7 +459,7 @@ def test_continuous_transcripts_equal_rev_wrapper(transcriber, rev_asr, mode):
 def test_streaming_wer_chunk_16_and_8(rev_asr):
     """Chunked decoding (full left context) through Rev's own wrapper, on the continuous
     set: chunk 16 (640 ms) is the target, chunk 8 is reported."""
-    refs = [c["text"] for c in clips("continuous")]
+    refs = [c["text"] for c in needed("continuous")]
     figures = {}
     for chunk in (16, 8):
         hyps = [
@@ -474,7 +482,7 @@ def test_chunk_by_chunk_decoding_with_caches_equals_chunked_decoding(demo_model)
 
     model = demo_model.model
     cat = torch.tensor([1.0, 0.0])
-    for clip in clips("continuous")[:3]:
+    for clip in needed("continuous")[:3]:
         x = fbank(waveform(clip["file"])).unsqueeze(0)
         with torch.inference_mode():
             masked, _ = model.encoder(
