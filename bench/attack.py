@@ -130,15 +130,15 @@ async def fire(url: str, upload: bytes, clients: int) -> list[tuple[int, float, 
 
 
 def bomb(args: argparse.Namespace) -> dict[str, Any]:
-    (port,) = free_ports(1)
-    config = app_config(Path(args.config), port, args.budget_s)
-    app_args = config["applications"][0]["args"]
+    app_args = app_config(Path(args.config), 0, args.budget_s)["applications"][0]["args"]
     limit_s = float(app_args.get("max_audio_seconds", 7200))
     seconds = limit_s - 10
     upload = silent_opus(seconds)
     over = silent_opus(limit_s * 2)
-    url = f"http://127.0.0.1:{port}"
     with local_ray() as dashboard:
+        (port,) = free_ports(1)  # after Ray holds its dashboard port
+        url = f"http://127.0.0.1:{port}"
+        config = app_config(Path(args.config), port, args.budget_s)
         deploy_config(config, dashboard_url=dashboard, timeout_s=300)
         with RssSampler(ingress_pid(dashboard)) as rss:
             answers = asyncio.run(fire(url, upload, args.clients))

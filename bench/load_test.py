@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -39,7 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from bench._common import emit, load_avg, machine, md_table, mix_lengths, speech, wav_bytes
+from bench._common import (
+    emit,
+    free_ports,
+    load_avg,
+    local_ray,
+    machine,
+    md_table,
+    mix_lengths,
+    speech,
+    wav_bytes,
+)
 from serve_app.deploy import deploy_config
 
 APP = "reverb"
@@ -106,15 +114,6 @@ def engine_reference(model_path: str, clips, mode: str, batch: int, singles: int
 
 
 # --------------------------------------------------------------------------- serve
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 now (all held open while they are picked)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
 
 
 def serve_config(model: str, max_batch_size: int, threads: int, wait_s: float, port: int) -> dict:
@@ -433,20 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     result["engine"].append(engine_reference(model, clips, args.mode, args.batch_on, singles))
     print("engine before:", {k: v for k, v in result["engine"][0].items() if "lat" not in k})
 
-    import ray
-    from ray import serve
-
-    http_port, dashboard_port = _free_ports(2)
-    context = ray.init(
-        num_cpus=max(8, 2 * threads),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        log_to_driver=False,
-    )
-    dashboard_url = "http://" + context.dashboard_url
-    url = f"http://127.0.0.1:{http_port}"
-    try:
+    with local_ray(num_cpus=max(8, 2 * threads)) as dashboard_url:
+        (http_port,) = free_ports(1)  # after Ray holds its dashboard port
+        url = f"http://127.0.0.1:{http_port}"
         for n, c in enumerate(args.concurrency):
             order = [args.batch_on, 1] if n % 2 == 0 else [1, args.batch_on]
             for mbs in order:
@@ -471,11 +459,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"mean batch {arm['stats']['mean_batch']:.2f}",
                     flush=True,
                 )
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
     if not args.no_engine_after:
         result["engine"].append(engine_reference(model, clips, args.mode, args.batch_on, singles))
     result["load_avg_end"] = load_avg()

@@ -86,11 +86,12 @@ class BatchDecoder:
         self,
         model: ReverbModel,
         *,
-        max_padded_frames: int = DEFAULT_MAX_PADDED_FRAMES,
+        max_padded_frames: int | None = None,
         forward_cost_frames: int = DEFAULT_FORWARD_COST_FRAMES,
     ) -> None:
+        """``max_padded_frames`` None means the default budget (a config leaves it unset)."""
         self.model = model
-        self.max_padded_frames = max_padded_frames
+        self.max_padded_frames = max_padded_frames or DEFAULT_MAX_PADDED_FRAMES
         self.forward_cost_frames = forward_cost_frames
 
     # -- public -----------------------------------------------------------------------

@@ -41,8 +41,7 @@ class Transcriber:
         max_audio_seconds: float | None = None,
     ) -> None:
         self.model = model
-        kwargs = {} if max_padded_frames is None else {"max_padded_frames": max_padded_frames}
-        self.decoder = BatchDecoder(model, **kwargs)
+        self.decoder = BatchDecoder(model, max_padded_frames=max_padded_frames)
         self.max_audio_seconds = max_audio_seconds
         self.last_reports: list[BatchReport] = []
 

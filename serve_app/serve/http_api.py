@@ -171,17 +171,17 @@ async def create_transcription(request: Request, backend: Backend, form: Multipa
             param="model",
         )
     admission = backend.pipeline.admit()
+    streamed = False
     try:
         audio = await form.file.read()
         plan = await admission.plan(audio, form.decode_options())
         if form.stream:
-            events = _sse_events(admission, plan, request_id_of(request))
-            return _AdmittedStream(events, admission)
+            streamed = True  # the response releases the admission when the stream ends
+            return _AdmittedStream(_sse_events(admission, plan, request_id_of(request)), admission)
         transcript = await admission.transcript(plan)
-    except BaseException:
-        admission.release()
-        raise
-    admission.release()
+    finally:
+        if not streamed:
+            admission.release()
     body, media_type = render(
         transcript,
         form.response_format,

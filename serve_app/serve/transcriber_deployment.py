@@ -248,7 +248,4 @@ def _load_decoder(config: AppConfig) -> BatchDecoder:
         checkpoint_name=config.checkpoint_name,
         name=config.served_model_name,
     )
-    kwargs = {}
-    if config.max_padded_frames is not None:
-        kwargs["max_padded_frames"] = config.max_padded_frames
-    return BatchDecoder(model, **kwargs)
+    return BatchDecoder(model, max_padded_frames=config.max_padded_frames)
