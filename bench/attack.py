@@ -17,42 +17,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
+import contextlib
+import secrets
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import yaml
 
 from bench._common import emit, free_ports, load_avg, local_ray, machine, md_table
+from bench.attack_http import ATTACKS, Target, as_rows, run_all, silent_opus
 from serve_app.deploy import deploy_config
+from serve_app.serve.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "reverb"
 
 
-def silent_opus(seconds: float) -> bytes:
-    """Digital silence in Ogg/Opus: about 1.4 MB per hour of audio."""
-    buffer = io.BytesIO()
-    frame = 960  # 20 ms at 48 kHz
-    silence = np.zeros((1, frame), np.float32)
-    with av.open(buffer, "w", format="ogg") as out:
-        stream = out.add_stream("libopus", rate=48000, layout="mono")
-        for k in range(int(seconds * 48000 / frame)):
-            chunk = av.AudioFrame.from_ndarray(silence, format="flt", layout="mono")
-            chunk.sample_rate, chunk.pts = 48000, k * frame
-            out.mux(stream.encode(chunk))
-        out.mux(stream.encode(None))
-    return buffer.getvalue()
-
-
-def app_config(path: Path, port: int, budget_s: float | None) -> dict[str, Any]:
-    """The Serve config at ``path`` on a free loopback port, the model path absolute."""
+def app_config(
+    path: Path, port: int, budget_s: float | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The Serve config at ``path`` on a free loopback port, the model path absolute,
+    with ``overrides`` applied to the app's args."""
     config = yaml.safe_load(path.read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     config["proxy_location"] = "HeadOnly"
@@ -63,6 +53,7 @@ def app_config(path: Path, port: int, budget_s: float | None) -> dict[str, Any]:
             args["model"] = str((ROOT / model).resolve())
         if budget_s is not None:
             args["max_decoded_audio_seconds"] = budget_s
+        args.update(overrides)
     return config
 
 
@@ -173,6 +164,55 @@ def bomb(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+ALLOWED_ORIGIN = "http://allowed.example"
+
+
+@contextlib.contextmanager
+def served(config_path: Path) -> Iterator[Target]:
+    """The app from ``config_path`` on a local Ray instance, with a fresh API key and
+    a CORS origin of our own, so the auth and CORS attacks have something to attack."""
+    key = secrets.token_urlsafe(24)
+    with local_ray() as dashboard:
+        (port,) = free_ports(1)
+        config = app_config(config_path, port, api_key=key, cors_origins=[ALLOWED_ORIGIN])
+        deploy_config(config, dashboard_url=dashboard, timeout_s=300)
+        yield _target(f"http://127.0.0.1:{port}", config, key, ALLOWED_ORIGIN)
+
+
+def _target(url: str, config: dict[str, Any], key: str | None, origin: str | None) -> Target:
+    args = config["applications"][0].get("args", {})
+    limits = AppConfig(**{**args, "api_key": None, "api_key_env": None})
+    return Target(url, key, origin, limits.max_audio_seconds, limits.body_grace_s)
+
+
+def live(args: argparse.Namespace) -> dict[str, Any]:
+    names = args.only or list(ATTACKS)
+    started = time.monotonic()
+    if args.url:
+        config = yaml.safe_load(Path(args.config).read_text())
+        outcomes = run_all(_target(args.url, config, args.api_key, args.origin), names)
+    else:
+        with served(Path(args.config)) as target:
+            outcomes = run_all(target, names)
+    return {
+        "machine": machine(),
+        "target": args.url or f"{args.config} on a local Ray instance",
+        "seconds": time.monotonic() - started,
+        "outcomes": [vars(o) for o in outcomes],
+        "failed": sum(not o.passed for o in outcomes),
+        "passed": all(o.passed for o in outcomes),
+        "rows": as_rows(outcomes),
+    }
+
+
+def live_md(result: dict[str, Any]) -> str:
+    table = md_table(["attack", "pass criterion", "result", "answer"], result["rows"])
+    return (
+        f"{result['machine']}; {result['target']}; {result['seconds']:.0f} s\n\n{table}\n\n"
+        f"{len(result['rows']) - result['failed']} of {len(result['rows'])} passed\n"
+    )
+
+
 def report_md(result: dict[str, Any]) -> str:
     rows = [
         ["clients x upload", f"{result['clients']} x {result['upload_bytes']} B "
@@ -197,11 +237,26 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
     b.add_argument("--clients", type=int, default=64)
     b.add_argument("--budget-s", type=float, default=None, help="max_decoded_audio_seconds")
-    b.add_argument("--md", type=Path)
-    b.add_argument("--json", type=Path)
+    v = sub.add_parser("live", help="the HTTP attacks, against a live server")
+    v.add_argument(
+        "--config",
+        default=str(ROOT / "configs" / "local.yaml"),
+        help="app config to start (or, with --url, to read the limits from)",
+    )
+    v.add_argument("--url", help="attack this running server (127.0.0.1) instead")
+    v.add_argument("--api-key", help="the running server's key, for the auth attacks")
+    v.add_argument("--origin", help="an origin the running server allows, for CORS")
+    v.add_argument("--only", nargs="+", choices=list(ATTACKS))
+    for command in (b, v):
+        command.add_argument("--md", type=Path)
+        command.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = bomb(args)
-    emit(report_md(result), args.md, args.json, result)
+    if args.attack == "bomb":
+        result = bomb(args)
+        emit(report_md(result), args.md, args.json, result)
+    else:
+        result = live(args)
+        emit(live_md(result), args.md, args.json, result)
     return 0 if result["passed"] else 1
 
 

@@ -105,6 +105,12 @@ class InvalidRequestError(ReverbServeError):
     code = "invalid_value"
 
 
+class ReservedHeaderError(InvalidRequestError):
+    """The request carries a header the serving framework would act on."""
+
+    code = "reserved_header"
+
+
 class MissingParameterError(InvalidRequestError):
     """A required field (``file``) was not sent."""
 

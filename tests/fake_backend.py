@@ -38,6 +38,7 @@ class FakeBackend:
         self.fail_chunk: int | None = None
         self.bug = False
         self.ready = True
+        self.decoded_chunks = 0
         self.pipeline = TranscriptionPipeline(
             self._decode,
             limits=self.config.pipeline_limits(),
@@ -46,6 +47,7 @@ class FakeBackend:
 
     async def _decode(self, job: ChunkJob) -> ChunkResult:
         index = round(job.offset_ms / CHUNK_MS)
+        self.decoded_chunks += 1
         await asyncio.sleep(0.01 * (10 - index))
         if self.bug:
             raise RuntimeError("a secret bug")

@@ -7,8 +7,10 @@ and the client's time. So one ASGI middleware, ahead of routing and body parsing
    else a new one) that 500s quote and the logs carry, and counts the answer by route
    and status for Prometheus (every request);
 2. applies CORS for the configured browser origins;
-3. checks the bearer key on every route but the health probes;
-4. takes a transcription's body in: checks its content type and Content-Length, bounds
+3. refuses requests that carry a header Ray Serve's proxy gives meaning to (a client
+   must not set the server's timeout, switch off disconnect handling or steer routing);
+4. checks the bearer key on every route but the health probes;
+5. takes a transcription's body in: checks its content type and Content-Length, bounds
    how many bodies arrive at once (503 + Retry-After), cuts bodies that arrive too
    slowly (408), and caps the body as it streams in (Starlette's
    ``RequestBodyLimitMiddleware``: chunked uploads carry no length and clients lie).
@@ -41,6 +43,7 @@ from serve_app.wire import (
     BodyTimeoutError,
     InvalidRequestError,
     OverloadedError,
+    ReservedHeaderError,
     ReverbServeError,
     upload_too_large,
 )
@@ -53,6 +56,17 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 """Routes an orchestrator probes without credentials; every other route needs the key."""
 REQUEST_ID_STATE_KEY = "request_id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+RAY_CONTROL_HEADERS = frozenset(
+    {
+        "x-request-timeout-seconds",  # <= 0 disables the proxy's timeout
+        "x-request-disconnect-disabled",  # "?1": work goes on after the client leaves
+        "x-session-id",  # session affinity in Serve's request routers
+        "serve-multiplexed-model-id",  # routes to the replica holding that model id
+    }
+)
+"""Headers the pinned Ray's proxy or replica act on (``ray/serve/_private/constants.py``),
+as ``_header_key`` spells them; ``x-serve-router-*`` (HAProxy's routing hints) too."""
+RAY_CONTROL_HEADER_PREFIX = "x-serve-router-"
 
 
 class EdgeMiddleware:
@@ -93,6 +107,7 @@ class EdgeMiddleware:
         )
         if backend.api_key is not None:
             inner = _BearerAuth(inner, api_key=backend.api_key)
+        inner = _RefuseRayControlHeaders(inner)
         if config.cors_origins:
             # Outside auth, so preflights pass and 401s still carry CORS headers.
             inner = CORSMiddleware(
@@ -131,6 +146,35 @@ def route_label(scope: Scope) -> str:
     """The matched route's template (a bounded label set), or ``other``."""
     route = scope.get("route")
     return getattr(route, "path", None) or "other"
+
+
+def _header_key(name: bytes) -> str:
+    """Ray matches some of its headers with ``-`` and ``_`` as one; so does this."""
+    return name.decode("latin-1").lower().replace("_", "-")
+
+
+class _RefuseRayControlHeaders:
+    """400 for any request that carries a Ray control header, before auth and body.
+
+    Ray's proxy has acted on the header by the time the app sees the request, and no
+    documented Ray API strips it earlier; refusing it here means such a request does no
+    work at all, so it cannot outlive the server's timeout or keep running after its
+    client has gone. A tiny timeout only ends the sender's own request sooner.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, _ in scope.get("headers", []):
+            key = _header_key(name)
+            if key in RAY_CONTROL_HEADERS or key.startswith(RAY_CONTROL_HEADER_PREFIX):
+                error = ReservedHeaderError(
+                    f"The header '{key}' is reserved for the server; remove it.", param=key
+                )
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _BearerAuth:

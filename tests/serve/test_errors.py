@@ -100,6 +100,37 @@ def test_unknown_route_and_method_are_openai_shaped(http):
     assert_openai_error(http.get("/v1/models/nope"), 404, param="model")
 
 
+# --------------------------------------------------------------------------- Ray's headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-request-timeout-seconds": "0"},  # would switch the proxy's timeout off
+        {"x-request-timeout-seconds": "100000"},  # would extend it
+        {"x-request-disconnect-disabled": "?1"},  # would keep work going after a hang-up
+        {"x-request-timeout-seconds": "0.001", "x-request-disconnect-disabled": "?1"},
+    ],
+)
+def test_a_client_cannot_set_the_servers_timeout_or_disconnect_handling(
+    http, clip, main_stats, headers
+):
+    """Pass: through Ray's real proxy, a request carrying one of its control headers does
+    no work at all (no chunk reaches the model), so it cannot run past the server's
+    deadline or outlive its client. It is a 400 ``reserved_header``; a tiny timeout may
+    instead end it sooner with the proxy's 408, which only ends the sender's request."""
+    before = main_stats()["rows"]
+    response = http.post(
+        TRANSCRIPTIONS, files={"file": ("clip.wav", clip, "audio/wav")}, headers=headers
+    )
+    if response.status_code == 408:
+        assert headers.get("x-request-timeout-seconds") == "0.001", response.text
+    else:
+        assert assert_openai_error(response, 400)["code"] == "reserved_header"
+    assert main_stats()["rows"] == before
+    assert _post(http, clip).status_code == 200  # and the server serves the next one
+
+
 # --------------------------------------------------------------------------- API key
 
 

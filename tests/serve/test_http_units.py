@@ -363,6 +363,63 @@ def test_api_key_guards_every_route_but_health():
     assert client.get("/readyz").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("x-request-timeout-seconds", "0"),
+        ("X-Request-Timeout-Seconds", "86400"),
+        ("x_request_timeout_seconds", "-1"),
+        ("x-request-disconnect-disabled", "?1"),
+        ("x-session-id", "pin-me"),
+        ("serve_multiplexed_model_id", "other"),
+        ("serve-multiplexed-model-id", "other"),
+        ("x-serve-router-backend", "replica-1"),
+    ],
+)
+def test_ray_control_headers_are_refused_before_any_work(name, value):
+    """Pass: 400 ``reserved_header`` naming the header, on every route, before auth, and
+    the request never reaches the pipeline (nothing admitted, nothing decoded)."""
+    backend = FakeBackend(api_key="k")
+    client = _client(backend)
+    headers = {name: value, "Authorization": "Bearer k"}
+    response = client.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", chunks_audio(2), "audio/wav")},
+        data={"model": "whisper-1"},
+        headers=headers,
+    )
+    error = assert_openai_error(response, 400, param=name.lower().replace("_", "-"))
+    assert error["code"] == "reserved_header"
+    assert backend.decoded_chunks == 0 and backend.pipeline.in_flight == 0
+    assert_openai_error(client.get("/v1/models", headers={name: value}), 400)
+
+
+def test_ray_control_headers_cover_what_the_pinned_ray_acts_on():
+    """Pass: every header constant Ray's proxy/replica parse is in the refused set, so a
+    Ray upgrade that adds one fails here rather than silently handing it to clients."""
+    from ray.serve._private import constants
+
+    from serve_app.serve.http_edge import RAY_CONTROL_HEADER_PREFIX, RAY_CONTROL_HEADERS
+
+    acted_on = {
+        constants.SERVE_HTTP_REQUEST_TIMEOUT_S_HEADER,
+        constants.SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER,
+        constants.SERVE_SESSION_ID,
+        constants.SERVE_MULTIPLEXED_MODEL_ID,
+    }
+    assert {h.lower().replace("_", "-") for h in acted_on} <= RAY_CONTROL_HEADERS
+    assert constants.SERVE_INGRESS_ROUTER_HEADER_PREFIX == RAY_CONTROL_HEADER_PREFIX
+    header_constants = {
+        name for name in dir(constants) if name.endswith("_HEADER") and name.startswith("SERVE_")
+    }
+    # The request id is the one Ray header we honour: _request_id validates it.
+    assert header_constants == {
+        "SERVE_HTTP_REQUEST_TIMEOUT_S_HEADER",
+        "SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER",
+        "SERVE_HTTP_REQUEST_ID_HEADER",
+    }, header_constants
+
+
 def test_api_key_from_the_environment(monkeypatch):
     monkeypatch.setenv("TEST_REVERB_KEY", "from-env")
     client = _client(FakeBackend(api_key_env="TEST_REVERB_KEY"))
