@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
-from serve_app.serve.config import AppConfig
-from serve_app.serve.ingress import INGRESS_MAX_ONGOING_HEADROOM, Ingress
+from serve_app.serve.config import INGRESS_HEADROOM, AppConfig
+from serve_app.serve.ingress import Ingress
 from serve_app.serve.transcriber_deployment import Transcriber
 
 INGRESS_NAME = "Ingress"
@@ -25,10 +26,16 @@ TRANSCRIBER_NAME = "Transcriber"
 def build_app(args: dict[str, Any]) -> Application:
     """Validate ``args`` and bind the Ingress to the Transcriber."""
     config = AppConfig.model_validate(args or {}).with_absolute_model_path()
+    # No unbounded queue: Serve's own queues are backstops sized above our limits.
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)
     transcriber = Transcriber.options(
         ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.transcriber_num_gpus},
+        max_queued_requests=config.transcriber_max_queued_requests,
+        backpressure_config=backpressure,
     ).bind(config)
     ingress = Ingress.options(
-        max_ongoing_requests=config.max_concurrent_requests + INGRESS_MAX_ONGOING_HEADROOM,
+        max_ongoing_requests=config.ingress_max_ongoing_requests,
+        max_queued_requests=INGRESS_HEADROOM,
+        backpressure_config=backpressure,
     )
     return ingress.bind(transcriber, config)

@@ -7,15 +7,23 @@ Starlette nor Ray: the caller passes a ``decode_chunk`` coroutine (one Transcrib
 call through a Serve handle in production, a local decoder in tests).
 
 Why chunks: each chunk of a request is its own call, so a long file's chunks spread
-over every replica and share batches with other callers' clips. Results come back in
-chunk order however the calls finish, and the first failure cancels the calls still
-pending, so a doomed request stops using the GPU.
+over every replica and share batches with other callers' clips. At most
+``max_chunks_in_flight_per_request`` of one request's chunks are out at once, so a
+2-hour file cannot fill the replicas' queues ahead of a short clip that arrives after
+it. Results come back in chunk order however the calls finish, and the first failure
+cancels the calls still pending, so a doomed request stops using the GPU.
+
+Admission has two steps: ``admit()`` bounds how many requests one Ingress holds at all
+(decoding, waiting or running); ``plan()`` decodes, then waits its turn for the model
+in :mod:`serve_app.capacity`'s queue, or is refused there when the projected wait is
+too long. Both happen before any response starts, so a refusal is a clean 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve_app.capacity import ModelCapacity, QueuePolicy, ThroughputMeter
 from serve_app.engine.audio import as_waveform, duration_seconds
 from serve_app.engine.chunking import SAMPLE_RATE, chunk_jobs, merge_chunks
 from serve_app.engine.formats import make_transcript
@@ -52,8 +61,18 @@ class PipelineLimits:
     max_upload_bytes: int
     max_audio_seconds: float
     max_concurrent_requests: int
+    """Requests on the model at once; the rest wait in the queue."""
     request_timeout_s: float = 900.0
+    """The cap on any request's deadline, counted from its admission."""
     max_decoded_audio_seconds: float = 28800.0
+    max_queued_requests: int = 64
+    max_queue_wait_s: float = 30.0
+    max_chunks_in_flight_per_request: int = 4
+    deadline_floor_s: float = 30.0
+    deadline_factor: float = 4.0
+    """A request's deadline: floor + factor x (audio ahead of and in it) / throughput."""
+    initial_throughput: float = 1.0
+    """Audio-seconds per second assumed until this Ingress has measured its own."""
 
 
 @dataclass(frozen=True)
@@ -123,31 +142,48 @@ class TranscriptionPipeline:
         model_name: str,
         on_audio_done: Callable[[float], None] | None = None,
     ) -> None:
-        if limits.max_concurrent_requests < 1:
-            raise ValueError("max_concurrent_requests must be at least 1")
+        if limits.max_chunks_in_flight_per_request < 1:
+            raise ValueError("max_chunks_in_flight_per_request must be at least 1")
         self.decode_chunk = decode_chunk
         self.limits = limits
         self.model_name = model_name
         self._on_audio_done = on_audio_done
         self._in_flight = 0
         self.decoded_audio = DecodedAudioBudget(limits.max_decoded_audio_seconds)
+        self.throughput = ThroughputMeter(limits.initial_throughput)
+        self.capacity = ModelCapacity(
+            QueuePolicy(
+                slots=limits.max_concurrent_requests,
+                max_queued=limits.max_queued_requests,
+                max_wait_s=limits.max_queue_wait_s,
+            ),
+            self.throughput,
+        )
 
     @property
     def in_flight(self) -> int:
-        """Requests admitted and not yet released (no lock: one event loop)."""
+        """Requests admitted and not yet released: decoding, queued or on the model."""
         return self._in_flight
+
+    @property
+    def max_held(self) -> int:
+        return self.limits.max_concurrent_requests + self.limits.max_queued_requests
 
     def admit(self) -> Admission:
         """Admit one request or raise ``OverloadedError`` (503 + Retry-After).
 
-        Called before anything is read, so a full replica spends nothing on uploads it
-        would drop. Release the admission (``with`` or ``release()``) when done.
+        Bounds how many requests this Ingress holds at all; the wait for the model is
+        decided in ``plan()``, once the audio's length is known. Release the admission
+        (``with`` or ``release()``) when done.
         """
-        if self._in_flight >= self.limits.max_concurrent_requests:
-            raise OverloadedError(
-                f"The server is at its limit of {self.limits.max_concurrent_requests} "
-                "concurrent transcriptions; retry shortly."
+        if self._in_flight >= self.max_held:
+            error = OverloadedError(
+                f"The server holds {self._in_flight} transcriptions, its limit; retry shortly."
             )
+            wait_s = self.capacity.projected_wait_s()
+            if wait_s > 0:  # else nothing is on the model yet: the config's Retry-After
+                error.retry_after_s = math.ceil(wait_s)
+            raise error
         self._in_flight += 1
         return Admission(self)
 
@@ -167,11 +203,16 @@ class Admission:
         self._pipeline = pipeline
         self._held = True
         self._reserved_samples = 0
-        self._deadline = time.monotonic() + pipeline.limits.request_timeout_s
+        self._latest_deadline = time.monotonic() + pipeline.limits.request_timeout_s
+        self._deadline = self._latest_deadline
+        self._audio_left_s: float | None = None  # set while it holds a model slot
+        self._window = asyncio.Semaphore(pipeline.limits.max_chunks_in_flight_per_request)
 
     def release(self) -> None:
         if self._held:
             self._held = False
+            if self._audio_left_s is not None:
+                self._pipeline.capacity.release(self._audio_left_s)
             self._pipeline.decoded_audio.release(self._reserved_samples)
             self._pipeline._release()
 
@@ -187,8 +228,9 @@ class Admission:
         self.release()
 
     async def plan(self, audio: Audio, options: DecodeOptions) -> Plan:
-        """Check the size, then decode and chunk in a worker thread (off the event loop);
-        audio errors surface here, before any chunk is sent or any 200 goes out."""
+        """Check the size, decode and chunk in a worker thread (off the event loop),
+        then wait for a model slot. Audio errors and refusals surface here, before any
+        chunk is sent or any 200 goes out."""
         if not isinstance(audio, (bytes, bytearray, memoryview, np.ndarray)):
             raise InvalidRequestError(
                 f"audio must be an encoded file (bytes) or a 16 kHz float32 array, "
@@ -198,24 +240,56 @@ class Admission:
         limit = self._pipeline.limits.max_upload_bytes
         if not isinstance(audio, np.ndarray) and len(audio) > limit:
             raise upload_too_large(limit)
-        return await asyncio.to_thread(
+        plan = await asyncio.to_thread(
             plan_request,
             audio,
             options,
             max_seconds=self._pipeline.limits.max_audio_seconds,
             reserve=self._reserve,
         )
+        await self._take_slot(plan.duration)
+        return plan
+
+    async def _take_slot(self, audio_s: float) -> None:
+        """Wait in line for the model, then set the deadline from what is ahead."""
+        pipeline = self._pipeline
+        async with self._before_deadline():
+            await pipeline.capacity.acquire(audio_s)
+        self._audio_left_s = audio_s
+        limits = pipeline.limits
+        expected_s = pipeline.capacity.audio_ahead_s / pipeline.throughput.rate
+        self._deadline = min(
+            self._latest_deadline,
+            time.monotonic() + limits.deadline_floor_s + limits.deadline_factor * expected_s,
+        )
+
+    async def _decode_chunk(self, job: ChunkJob) -> ChunkResult:
+        """One chunk call, within this request's fan-out window, measured."""
+        async with self._window:
+            audio_s = job.samples.size / SAMPLE_RATE
+            meter = self._pipeline.throughput
+            meter.started()
+            decoded_s = 0.0
+            try:
+                result = await self._pipeline.decode_chunk(job)
+                decoded_s = audio_s
+                return result
+            finally:
+                meter.finished(decoded_s)
+                if self._audio_left_s is not None:
+                    self._audio_left_s -= audio_s
+                    self._pipeline.capacity.progress(audio_s)
 
     async def transcript(self, plan: Plan) -> Transcript:
         """Every chunk decoded, merged into one transcript, before the deadline."""
         async with self._before_deadline():
-            results = await _decode_all(plan.jobs, self._pipeline.decode_chunk)
+            results = await _decode_all(plan.jobs, self._decode_chunk)
         self._pipeline._audio_done(plan)
         return transcript_from_chunks(results, plan, model=self._pipeline.model_name)
 
     async def results_in_order(self, plan: Plan) -> AsyncIterator[ChunkResult]:
         """Chunk results in order, each as soon as it and those before it are ready."""
-        stream = _decode_in_order(plan.jobs, self._pipeline.decode_chunk)
+        stream = _decode_in_order(plan.jobs, self._decode_chunk)
         try:
             while True:
                 async with self._before_deadline():
@@ -236,8 +310,9 @@ class Admission:
                 yield
         except TimeoutError:
             raise DeadlineExceededError(
-                f"The transcription took longer than the server's "
-                f"{self._pipeline.limits.request_timeout_s:g} s limit."
+                "The transcription did not finish within its deadline (the server's "
+                f"limit is {self._pipeline.limits.request_timeout_s:g} s, less for short "
+                "audio)."
             ) from None
 
     async def transcribe(self, audio: Audio, options: DecodeOptions) -> Transcript:
@@ -270,7 +345,8 @@ async def _decode_all(jobs: Sequence[ChunkJob], decode_chunk: ChunkDecoder) -> l
 async def _decode_in_order(
     jobs: Sequence[ChunkJob], decode_chunk: ChunkDecoder
 ) -> AsyncIterator[ChunkResult]:
-    """Yield results in chunk order as soon as each is ready; all calls start at once."""
+    """Yield results in chunk order as soon as each is ready; the calls are all created
+    at once (``decode_chunk`` itself keeps the fan-out window)."""
     tasks = _start(jobs, decode_chunk)
     try:
         for task in tasks:

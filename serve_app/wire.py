@@ -205,6 +205,8 @@ class OverloadedError(ServerSideError):
 
     status_code = 503
     code = "overloaded"
+    retry_after_s: int | None = None
+    """When the refusal knows how long the backlog takes to drain (else the config's)."""
 
 
 class UnavailableError(ServerSideError):

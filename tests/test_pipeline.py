@@ -30,13 +30,21 @@ PROPERTY = settings(deadline=None, database=None, max_examples=60)
 
 
 def _pipeline(
-    decode, *, concurrent: int = 2, upload: int = 1_000_000, timeout: float = 900.0
+    decode,
+    *,
+    concurrent: int = 2,
+    upload: int = 1_000_000,
+    timeout: float = 900.0,
+    queued: int = 0,
+    **limits_: float,
 ) -> TranscriptionPipeline:
     limits = PipelineLimits(
         max_upload_bytes=upload,
         max_audio_seconds=120.0,
         max_concurrent_requests=concurrent,
         request_timeout_s=timeout,
+        max_queued_requests=queued,
+        **limits_,
     )
     return TranscriptionPipeline(decode, limits=limits, model_name="m")
 

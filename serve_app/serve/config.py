@@ -21,6 +21,10 @@ from serve_app.pipeline import PipelineLimits
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+INGRESS_HEADROOM = 16
+"""Calls Serve admits beyond our own limits: health probes, stats, handle calls."""
+
+
 class AppConfig(BaseModel):
     """Builder ``args``: which model to serve, how to reach it and what to refuse."""
 
@@ -62,8 +66,44 @@ class AppConfig(BaseModel):
     max_concurrent_requests: int = Field(
         32,
         ge=1,
-        description="Transcriptions in flight (decoding or on the model) per Ingress "
-        "replica before 503. Uploads still arriving do not count: see max_concurrent_uploads.",
+        description="Transcriptions on the model at once per Ingress replica; more wait "
+        "in its queue (max_queued_requests, max_queue_wait_s).",
+    )
+    max_queued_requests: int = Field(
+        64,
+        ge=0,
+        description="Transcriptions per Ingress replica decoding or waiting for the model "
+        "besides those on it; more are refused at once with 503.",
+    )
+    max_queue_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="A transcription whose projected wait for the model (the audio ahead "
+        "of it over the measured throughput) is longer is refused with 503 and a "
+        "Retry-After of when it would fit.",
+    )
+    max_chunks_in_flight_per_request: int = Field(
+        4,
+        ge=1,
+        description="20 s chunks of one request on the model at once: a long file cannot "
+        "fill the replicas' queues ahead of a short one. Raise it to let one long file "
+        "use more replicas.",
+    )
+    initial_throughput: float = Field(
+        1.0,
+        gt=0,
+        description="Audio-seconds decoded per second assumed until the Ingress has "
+        "measured its own (it measures within the first seconds of load).",
+    )
+    deadline_floor_s: float = Field(
+        30.0, gt=0, description="The shortest deadline any transcription gets."
+    )
+    deadline_factor: float = Field(
+        4.0,
+        gt=0,
+        description="A transcription's deadline: deadline_floor_s + deadline_factor x the "
+        "time its audio and the audio ahead of it take at the measured throughput, "
+        "capped by request_timeout_s. Past it: 504, its chunk calls cancelled.",
     )
     max_decoded_audio_seconds: float = Field(
         28800.0,
@@ -93,9 +133,9 @@ class AppConfig(BaseModel):
     request_timeout_s: float = Field(
         900.0,
         gt=0,
-        description="Deadline for one transcription, from admission to its last chunk, "
-        "enforced by the Ingress itself: unlike Ray's proxy timeout, a client header "
-        "(x-request-timeout-seconds) cannot extend or disable it. Over it: 504.",
+        description="The longest deadline of any transcription, from admission to its "
+        "last chunk, enforced by the Ingress itself (504). Ray's own control headers are "
+        "refused, so no client can extend or disable it.",
     )
 
     # -- HTTP ----------------------------------------------------------------------
@@ -158,6 +198,27 @@ class AppConfig(BaseModel):
             return self.num_gpus
         return 1.0 if self.device.startswith("cuda") else 0.0
 
+    @property
+    def ingress_max_ongoing_requests(self) -> int:
+        """Serve's per-replica limit for the Ingress: every upload arriving plus every
+        request held, with room for probes, so that our limits (and OpenAI-shaped
+        answers) decide, never Serve's proxy queue."""
+        return (
+            self.max_concurrent_uploads
+            + self.max_concurrent_requests
+            + self.max_queued_requests
+            + INGRESS_HEADROOM
+        )
+
+    @property
+    def transcriber_max_queued_requests(self) -> int:
+        """Chunk calls one Ingress may have waiting for a Transcriber replica: all its
+        slots' fan-out windows, plus probes. Serve counts it per caller; past it the
+        call fails with BackPressureError, which the Ingress answers as 503."""
+        return self.max_concurrent_requests * self.max_chunks_in_flight_per_request + (
+            INGRESS_HEADROOM
+        )
+
     def pipeline_limits(self) -> PipelineLimits:
         """The request pipeline's limits, from this config."""
         return PipelineLimits(
@@ -166,6 +227,12 @@ class AppConfig(BaseModel):
             max_concurrent_requests=self.max_concurrent_requests,
             request_timeout_s=self.request_timeout_s,
             max_decoded_audio_seconds=self.max_decoded_audio_seconds,
+            max_queued_requests=self.max_queued_requests,
+            max_queue_wait_s=self.max_queue_wait_s,
+            max_chunks_in_flight_per_request=self.max_chunks_in_flight_per_request,
+            deadline_floor_s=self.deadline_floor_s,
+            deadline_factor=self.deadline_factor,
+            initial_throughput=self.initial_throughput,
         )
 
     def resolve_api_key(self) -> str | None:

@@ -61,7 +61,7 @@ def error_response(
     and server-side errors quote the request id that the logs carry."""
     headers: dict[str, str] = {}
     if exc.status_code == 503:
-        headers["Retry-After"] = str(retry_after_s)
+        headers["Retry-After"] = str(getattr(exc, "retry_after_s", None) or retry_after_s)
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
     body = error_body(

@@ -69,10 +69,14 @@ def test_named_deployments_exist_and_are_sized_consistently(path):
         batching = BatchingConfig.model_validate(transcriber["user_config"])
         assert transcriber["max_ongoing_requests"] >= batching.max_batch_size
 
+        # No unbounded queue: Serve's own queues are bounded and sized above ours.
+        assert transcriber["max_queued_requests"] >= args.transcriber_max_queued_requests
+
         ingress = deployments["Ingress"]
         assert ingress["ray_actor_options"].get("num_gpus", 0) == 0
+        assert ingress["max_queued_requests"] >= 0
         if "max_ongoing_requests" in ingress:
-            assert ingress["max_ongoing_requests"] > args.max_concurrent_requests
+            assert ingress["max_ongoing_requests"] >= args.ingress_max_ongoing_requests
 
 
 def test_production_serves_reverb_on_port_8765():

@@ -210,12 +210,14 @@ def test_over_the_upload_limit_is_503_with_retry_after(guarded, serve_cluster, c
     import httpx
 
     release = threading.Event()
+    first_piece_sent = threading.Event()
     body, content_type = _multipart(1000)
     outcome: dict[str, object] = {}
 
     def stalled_upload():
         def pieces():
             yield body[:100]
+            first_piece_sent.set()
             release.wait(30)
             yield body[100:]
 
@@ -233,6 +235,10 @@ def test_over_the_upload_limit_is_503_with_retry_after(guarded, serve_cluster, c
     holder = threading.Thread(target=stalled_upload)
     holder.start()
     try:
+        # A probe sent while the stalled upload is still on its way could take the one
+        # intake place first and turn the stalled upload away.
+        assert first_piece_sent.wait(20)
+        time.sleep(0.5)
         deadline = time.monotonic() + 20
         while (refused := _post(guarded, clip)).status_code == 200:
             # Until the stalled upload reaches the app, requests still get through.

@@ -159,7 +159,7 @@ def test_a_missing_or_text_file_field_is_400():
 
 
 def test_over_the_limit_is_503_with_retry_after():
-    backend = FakeBackend(max_concurrent_requests=1, retry_after_s=7)
+    backend = FakeBackend(max_concurrent_requests=1, max_queued_requests=0, retry_after_s=7)
     held = backend.pipeline.admit()
     response = _post(_client(backend), chunks_audio(1))
     assert_openai_error(response, 503)
@@ -457,7 +457,7 @@ def test_cors_headers_on_every_error_and_none_for_other_origins():
     not_audio = client.post(
         "/v1/audio/transcriptions", files={"file": ("a.wav", b"text", "audio/wav")}, headers=origin
     )
-    held = [backend.pipeline.admit() for _ in range(backend.config.max_concurrent_requests)]
+    held = [backend.pipeline.admit() for _ in range(backend.pipeline.max_held)]
     full = client.post(
         "/v1/audio/transcriptions", files={"file": ("a.wav", b"small", "audio/wav")}, headers=origin
     )
