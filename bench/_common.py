@@ -9,11 +9,15 @@ import platform
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
 from scripts import make_test_model
 from serve_app.engine.features import SAMPLE_RATE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def speech(seconds: float, seed: int) -> np.ndarray:
@@ -103,3 +107,35 @@ def local_ray(num_cpus: int = 8) -> Iterator[str]:
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def app_config(
+    path: Path, port: int, budget_s: float | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The Serve config at ``path`` on a free loopback port, the model path absolute,
+    with ``overrides`` applied to the app's args."""
+    config = yaml.safe_load(path.read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["proxy_location"] = "HeadOnly"
+    for app in config["applications"]:
+        args = app.setdefault("args", {})
+        model = Path(args.get("model", ""))
+        if args.get("model") and not model.is_absolute() and (REPO_ROOT / model).is_dir():
+            args["model"] = str((REPO_ROOT / model).resolve())
+        if budget_s is not None:
+            args["max_decoded_audio_seconds"] = budget_s
+        args.update(overrides)
+    return config
+
+
+@contextlib.contextmanager
+def served_app(config_path: Path, **overrides: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The app from a Serve config file on a local Ray instance, on a free loopback
+    port; yields its URL and the config as deployed, and shuts it all down after."""
+    from serve_app.deploy import deploy_config
+
+    with local_ray() as dashboard:
+        (port,) = free_ports(1)  # after Ray holds its own ports
+        config = app_config(config_path, port, **overrides)
+        deploy_config(config, dashboard_url=dashboard, timeout_s=300)
+        yield f"http://127.0.0.1:{port}", config

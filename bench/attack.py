@@ -29,32 +29,22 @@ from typing import Any
 
 import yaml
 
-from bench._common import emit, free_ports, load_avg, local_ray, machine, md_table
+from bench._common import (
+    app_config,
+    emit,
+    free_ports,
+    load_avg,
+    local_ray,
+    machine,
+    md_table,
+    served_app,
+)
 from bench.attack_http import ATTACKS, Target, as_rows, run_all, silent_opus
 from serve_app.deploy import deploy_config
 from serve_app.serve.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "reverb"
-
-
-def app_config(
-    path: Path, port: int, budget_s: float | None = None, **overrides: Any
-) -> dict[str, Any]:
-    """The Serve config at ``path`` on a free loopback port, the model path absolute,
-    with ``overrides`` applied to the app's args."""
-    config = yaml.safe_load(path.read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
-    config["proxy_location"] = "HeadOnly"
-    for app in config["applications"]:
-        args = app.setdefault("args", {})
-        model = Path(args.get("model", ""))
-        if args.get("model") and not model.is_absolute() and (ROOT / model).is_dir():
-            args["model"] = str((ROOT / model).resolve())
-        if budget_s is not None:
-            args["max_decoded_audio_seconds"] = budget_s
-        args.update(overrides)
-    return config
 
 
 def ingress_pid(dashboard_url: str) -> int:
@@ -172,11 +162,8 @@ def served(config_path: Path) -> Iterator[Target]:
     """The app from ``config_path`` on a local Ray instance, with a fresh API key and
     a CORS origin of our own, so the auth and CORS attacks have something to attack."""
     key = secrets.token_urlsafe(24)
-    with local_ray() as dashboard:
-        (port,) = free_ports(1)
-        config = app_config(config_path, port, api_key=key, cors_origins=[ALLOWED_ORIGIN])
-        deploy_config(config, dashboard_url=dashboard, timeout_s=300)
-        yield _target(f"http://127.0.0.1:{port}", config, key, ALLOWED_ORIGIN)
+    with served_app(config_path, api_key=key, cors_origins=[ALLOWED_ORIGIN]) as (url, config):
+        yield _target(url, config, key, ALLOWED_ORIGIN)
 
 
 def _target(url: str, config: dict[str, Any], key: str | None, origin: str | None) -> Target:

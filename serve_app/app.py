@@ -15,7 +15,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from serve_app.serve.config import INGRESS_HEADROOM, AppConfig
+from serve_app.serve.config import AppConfig
 from serve_app.serve.ingress import Ingress
 from serve_app.serve.transcriber_deployment import Transcriber
 
@@ -26,7 +26,9 @@ TRANSCRIBER_NAME = "Transcriber"
 def build_app(args: dict[str, Any]) -> Application:
     """Validate ``args`` and bind the Ingress to the Transcriber."""
     config = AppConfig.model_validate(args or {}).with_absolute_model_path()
-    # No unbounded queue: Serve's own queues are backstops sized above our limits.
+    # No unbounded queue: Serve's own queues are backstops sized above our limits. Serve
+    # counts a call as queued while its router is still picking a replica, which a burst
+    # does for every request at once: a small bound would shed bursts our queue takes.
     backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)
     transcriber = Transcriber.options(
         ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.transcriber_num_gpus},
@@ -35,7 +37,7 @@ def build_app(args: dict[str, Any]) -> Application:
     ).bind(config)
     ingress = Ingress.options(
         max_ongoing_requests=config.ingress_max_ongoing_requests,
-        max_queued_requests=INGRESS_HEADROOM,
+        max_queued_requests=config.ingress_max_ongoing_requests,
         backpressure_config=backpressure,
     )
     return ingress.bind(transcriber, config)

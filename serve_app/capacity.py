@@ -27,9 +27,10 @@ from serve_app.wire import OverloadedError
 class ThroughputMeter:
     """Audio-seconds decoded per second of busy time, decayed over ``halflife_s`` of it.
 
-    Busy time only (some chunk outstanding): an idle minute says nothing about speed,
-    so it must neither lower the rate nor age the evidence. Until ``min_evidence_s`` of
-    busy time is seen, the rate is ``prior``, the operator's guess.
+    Busy time only: an idle minute says nothing about speed, so it must neither lower
+    the rate nor age the evidence. Until ``min_evidence_s`` of busy time is seen, the
+    rate is ``prior``, the operator's guess. ``started``/``finished`` count chunk calls
+    (busy while any is out); ``mark`` sets busy directly for other definitions of it.
     """
 
     def __init__(
@@ -49,27 +50,38 @@ class ThroughputMeter:
         self._done_audio_s = 0.0
         self._busy_s = 0.0
         self._outstanding = 0
+        self._busy = False
         self._since = clock()
 
     def _advance(self) -> None:
         now = self._clock()
-        if self._outstanding > 0:
+        if self._busy:
             elapsed = now - self._since
             keep = 0.5 ** (elapsed / self._halflife_s)
             self._done_audio_s *= keep
             self._busy_s = self._busy_s * keep + elapsed
         self._since = now
 
+    def mark(self, busy: bool) -> None:
+        """From now on the time counts (or not)."""
+        self._advance()
+        self._busy = busy
+
+    def add(self, audio_s: float) -> None:
+        """``audio_s`` more audio was decoded."""
+        self._advance()
+        self._done_audio_s += audio_s
+
     def started(self) -> None:
         """A chunk call went out."""
-        self._advance()
         self._outstanding += 1
+        self.mark(True)
 
     def finished(self, audio_s: float) -> None:
         """A chunk call ended; ``audio_s`` is what it decoded (0 if it failed)."""
-        self._advance()
+        self.add(audio_s)
         self._outstanding -= 1
-        self._done_audio_s += audio_s
+        self.mark(self._outstanding > 0)
 
     @property
     def measured(self) -> bool:
@@ -98,17 +110,33 @@ class QueuePolicy:
 
 
 class ModelCapacity:
-    """Slots on the model, a FIFO queue for them, and the audio still ahead."""
+    """Slots on the model, a FIFO queue for them, and the audio still ahead.
 
-    def __init__(self, policy: QueuePolicy, meter: ThroughputMeter) -> None:
+    A queue drains at the rate the model reaches when every slot is busy, which with
+    batching is far above the rate seen while requests trickle in one at a time (4x on
+    the 2-core test box). So waits are projected only from a rate measured while every
+    slot was busy; until the first second of that, only the queue's length refuses.
+    Guessing high costs a few requests a longer wait, guessing low refuses requests
+    that would have been served in seconds, which is the failure this module is for.
+    """
+
+    def __init__(
+        self,
+        policy: QueuePolicy,
+        meter: ThroughputMeter,
+        saturated: ThroughputMeter | None = None,
+    ) -> None:
         if policy.slots < 1:
             raise ValueError("at least one slot is needed")
         self.policy = policy
         self.meter = meter
+        self.saturated = saturated or ThroughputMeter(meter.prior)
+        """Busy only while every slot is taken."""
         self._free = policy.slots
         self._waiters: deque[tuple[asyncio.Future[None], float]] = deque()
         self._queued_audio_s = 0.0
         self._running_audio_s = 0.0
+        self._log_audio: float | None = None
 
     @property
     def queued(self) -> int:
@@ -123,23 +151,42 @@ class ModelCapacity:
         """Audio not yet decoded: running requests' remaining chunks plus the queue."""
         return self._running_audio_s + self._queued_audio_s
 
-    def projected_wait_s(self) -> float:
-        """How long a request arriving now would wait before its first chunk runs
-        (0 while a slot is free, or while nothing has been measured yet)."""
-        if (self._free > 0 and not self._waiters) or not self.meter.measured:
+    def projected_wait_s(self, unplanned: int = 0) -> float:
+        """How long a request arriving now would wait before its first chunk runs, with
+        ``unplanned`` requests ahead of it whose length is not known yet (still
+        arriving or decoding: each counted at the typical length). 0 while a slot is
+        free for it, or until the drain rate has been measured while saturated."""
+        if (self._free > unplanned and not self._waiters) or not self.saturated.measured:
             return 0.0
-        return self.audio_ahead_s / self.meter.rate
+        ahead_s = self.audio_ahead_s + unplanned * self.typical_request_audio_s
+        return ahead_s / self.drain_rate
+
+    @property
+    def typical_request_audio_s(self) -> float:
+        """A running geometric mean of the requests' audio: one 2-hour file among short
+        clips should not make every clip still arriving count as a long one."""
+        return 0.0 if self._log_audio is None else math.exp(self._log_audio)
+
+    @property
+    def drain_rate(self) -> float:
+        """Audio-seconds per second the queue drains at (see the class docstring)."""
+        return max(self.saturated.rate, self.meter.rate)
 
     async def acquire(self, audio_s: float) -> None:
         """Take a slot for a request of ``audio_s``, waiting in line when none is free.
 
         Raises ``OverloadedError`` (with ``retry_after_s``) without waiting when the
         queue is full or the projected wait exceeds ``max_wait_s``. Before the first
-        measurement only the queue's length refuses: a cold server does not turn a
-        burst away on a guess.
+        saturated measurement only the queue's length refuses: a cold server does not
+        turn a burst away on a guess.
         """
+        log_audio = math.log(max(audio_s, 0.1))
+        self._log_audio = (
+            log_audio if self._log_audio is None else self._log_audio * 0.9 + log_audio * 0.1
+        )
         if self._free > 0 and not self._waiters:
             self._free -= 1
+            self.saturated.mark(self._free == 0)
             self._running_audio_s += audio_s
             return
         wait_s = self.projected_wait_s()
@@ -167,9 +214,11 @@ class ModelCapacity:
             self._queued_audio_s -= audio_s
         self._running_audio_s += audio_s
 
-    def progress(self, audio_s: float) -> None:
-        """Part of a running request's audio is done (or will not be run)."""
+    def progress(self, audio_s: float, decoded: bool = False) -> None:
+        """Part of a running request's audio is done (``decoded``), or will not be run."""
         self._running_audio_s = max(self._running_audio_s - audio_s, 0.0)
+        if decoded and self._free == 0:
+            self.saturated.add(audio_s)
 
     def release(self, remaining_audio_s: float = 0.0) -> None:
         """Give a slot back; ``remaining_audio_s`` of its request was never decoded."""
@@ -180,6 +229,14 @@ class ModelCapacity:
                 turn.set_result(None)  # the slot passes straight to the next in line
                 return
         self._free += 1
+        self.saturated.mark(False)
+
+    def too_long_a_wait(self, wait_s: float) -> OverloadedError:
+        """The refusal for a projected wait over the limit, retry when it would fit."""
+        return self._refusal(
+            f"the projected wait is {wait_s:.0f} s (the limit is {self.policy.max_wait_s:g} s)",
+            wait_s - self.policy.max_wait_s,
+        )
 
     def _refusal(self, why: str, retry_in_s: float) -> OverloadedError:
         error = OverloadedError(f"The server is busy: {why}; retry shortly.")

@@ -169,21 +169,34 @@ class TranscriptionPipeline:
     def max_held(self) -> int:
         return self.limits.max_concurrent_requests + self.limits.max_queued_requests
 
-    def admit(self) -> Admission:
-        """Admit one request or raise ``OverloadedError`` (503 + Retry-After).
-
-        Bounds how many requests this Ingress holds at all; the wait for the model is
-        decided in ``plan()``, once the audio's length is known. Release the admission
-        (``with`` or ``release()``) when done.
-        """
+    def check_room(self, arriving: int = 0) -> None:
+        """Raise ``OverloadedError`` (503 + Retry-After) if a request arriving now
+        would be refused: this Ingress holds all it may, or the projected wait for the
+        model is already too long, counting requests admitted but not yet decoded and
+        ``arriving`` ones (bodies still coming in) at the mean request length. Cheap,
+        so the edge asks before reading a body, and a burst is shed as it arrives
+        rather than after every upload in it was read and decoded."""
+        capacity = self.capacity
+        unplanned = self._in_flight - capacity.running - capacity.queued + arriving
+        wait_s = capacity.projected_wait_s(unplanned)
         if self._in_flight >= self.max_held:
             error = OverloadedError(
                 f"The server holds {self._in_flight} transcriptions, its limit; retry shortly."
             )
-            wait_s = self.capacity.projected_wait_s()
             if wait_s > 0:  # else nothing is on the model yet: the config's Retry-After
                 error.retry_after_s = math.ceil(wait_s)
             raise error
+        if wait_s > self.limits.max_queue_wait_s:
+            raise self.capacity.too_long_a_wait(wait_s)
+
+    def admit(self) -> Admission:
+        """Admit one request or raise ``OverloadedError`` (see ``check_room``).
+
+        Bounds how many requests this Ingress holds at all; the wait for the model is
+        decided again in ``plan()``, once the audio's length is known. Release the
+        admission (``with`` or ``release()``) when done.
+        """
+        self.check_room()
         self._in_flight += 1
         return Admission(self)
 
@@ -278,7 +291,7 @@ class Admission:
                 meter.finished(decoded_s)
                 if self._audio_left_s is not None:
                     self._audio_left_s -= audio_s
-                    self._pipeline.capacity.progress(audio_s)
+                    self._pipeline.capacity.progress(audio_s, decoded=decoded_s > 0)
 
     async def transcript(self, plan: Plan) -> Transcript:
         """Every chunk decoded, merged into one transcript, before the deadline."""

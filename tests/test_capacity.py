@@ -81,7 +81,21 @@ def _measured(rate: float) -> ThroughputMeter:
 
 def _capacity(slots=1, queued=10, wait=30.0, rate=1.0) -> ModelCapacity:
     policy = QueuePolicy(slots=slots, max_queued=queued, max_wait_s=wait)
-    return ModelCapacity(policy, _measured(rate))
+    return ModelCapacity(policy, _measured(rate), saturated=_measured(rate))
+
+
+def test_waits_are_projected_only_from_a_rate_measured_while_saturated():
+    async def run() -> None:
+        unsaturated = _measured(0.001)  # slow when alone: says nothing about a queue
+        capacity = ModelCapacity(QueuePolicy(slots=1, max_queued=10, max_wait_s=1.0), unsaturated)
+        await capacity.acquire(100.0)
+        waiter = asyncio.create_task(capacity.acquire(100.0))
+        await asyncio.sleep(0)
+        assert capacity.queued == 1  # not refused on the unsaturated rate
+        capacity.release(100.0)
+        await waiter
+
+    asyncio.run(run())
 
 
 def test_a_cold_server_queues_a_burst_instead_of_guessing():
@@ -303,10 +317,13 @@ def test_a_refused_request_releases_everything():
     async def run() -> TranscriptionPipeline:
         decoder = HeldDecoder()
         pipeline = _pipeline(decoder, slots=1, max_queue_wait_s=0.5, initial_throughput=1.0)
-        meter = pipeline.throughput  # one real busy second at 1x: measured
-        meter.started()
+        meters = (pipeline.throughput, pipeline.capacity.saturated)
+        for meter in meters:  # one real busy (and saturated) second at 1x: measured
+            meter.mark(True)
         await asyncio.sleep(1.05)
-        meter.finished(1.05)
+        for meter in meters:
+            meter.add(1.05)
+            meter.mark(False)
         first = pipeline.admit()
         held = asyncio.create_task(first.transcribe(np.zeros(SR * 10, np.float32), OPTS))
         await _until(lambda: len(decoder.open) == 1)

@@ -70,7 +70,7 @@ class AppConfig(BaseModel):
         "in its queue (max_queued_requests, max_queue_wait_s).",
     )
     max_queued_requests: int = Field(
-        64,
+        256,
         ge=0,
         description="Transcriptions per Ingress replica decoding or waiting for the model "
         "besides those on it; more are refused at once with 503.",

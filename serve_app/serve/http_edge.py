@@ -15,8 +15,9 @@ and the client's time. So one ASGI middleware, ahead of routing and body parsing
    slowly (408), and caps the body as it streams in (Starlette's
    ``RequestBodyLimitMiddleware``: chunked uploads carry no length and clients lie).
 
-The pipeline's admission (how many transcriptions decode and run at once) is taken by
-the route after the body is in, so slow uploads cannot hold it. Settings come from
+The pipeline's admission (how many transcriptions decode, wait and run at once) is
+taken by the route after the body is in, so slow uploads cannot hold it; but a request
+the pipeline would refuse right now is refused before its body is read. Settings come from
 the replica's config, so the layers are built on the first request of each app (one
 app per replica).
 """
@@ -237,6 +238,8 @@ class _Intake:
                 raise OverloadedError(
                     f"The server is receiving {self._uploads} uploads, its limit; retry shortly."
                 )
+            # Shed before reading a body the pipeline would refuse anyway.
+            self._backend.pipeline.check_room(arriving=self._uploads)
         except ReverbServeError as exc:
             await error_response(exc, retry_after_s=config.retry_after_s)(scope, receive, send)
             return

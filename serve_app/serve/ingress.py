@@ -137,6 +137,8 @@ class Ingress:
             "on_model": pipeline.capacity.running,
             "queued": pipeline.capacity.queued,
             "throughput_audio_s_per_s": round(pipeline.throughput.rate, 2),
+            "drain_rate_audio_s_per_s": round(pipeline.capacity.drain_rate, 2),
+            "typical_request_audio_s": round(pipeline.capacity.typical_request_audio_s, 2),
             "decoded_audio_seconds": pipeline.decoded_audio.held_seconds,
         }
 

@@ -74,7 +74,7 @@ def test_named_deployments_exist_and_are_sized_consistently(path):
 
         ingress = deployments["Ingress"]
         assert ingress["ray_actor_options"].get("num_gpus", 0) == 0
-        assert ingress["max_queued_requests"] >= 0
+        assert ingress["max_queued_requests"] >= args.ingress_max_ongoing_requests
         if "max_ongoing_requests" in ingress:
             assert ingress["max_ongoing_requests"] >= args.ingress_max_ongoing_requests
 
