@@ -130,6 +130,39 @@ def test_bad_row_fails_only_itself(tiny_model, synth, monkeypatch):
     assert outcomes[0].words
 
 
+@pytest.mark.parametrize("where", ["encoder", "search"])
+def test_a_fatal_device_error_fails_the_batch_at_once_without_retries(
+    tiny_model, synth, monkeypatch, where
+):
+    """Pass: a device-side assert in the encoder or the search fails every row of the
+    batch after one attempt: no sub-batch or row is retried (each retry would only
+    meet the same dead CUDA context)."""
+    decoder = BatchDecoder(tiny_model, max_padded_frames=400)  # several sub-batches
+    options = DecodeOptions(decoding_mode="ctc_prefix_beam_search")
+    jobs = [ChunkJob(synth(2.0 + i, seed=i), 0, options) for i in range(6)]
+    calls = 0
+    fatal = RuntimeError("CUDA error: device-side assert triggered")
+    if where == "encoder":
+        target, name = tiny_model.model, "_forward_encoder"
+    else:
+        import serve_app.engine.decoder as decoder_module
+
+        target, name = decoder_module, "search_group"
+    original = getattr(target, name)
+
+    def broken(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        raise fatal
+
+    monkeypatch.setattr(target, name, broken)
+    outcomes, report = decoder.decode(jobs)
+    assert calls == 1
+    assert all(outcome is fatal for outcome in outcomes)
+    assert report.failed_rows == len(jobs)
+    monkeypatch.setattr(target, name, original)
+
+
 def test_sixteen_request_batch_forward_count(transcriber, synth):
     """The figure quoted in the closing note: forwards for a 16-request mixed batch."""
     requests = _mixed_requests(synth, 16)

@@ -111,8 +111,14 @@ class BatchDecoder:
                 outcomes[index] = ChunkResult(words=[], tokens=[])
             else:
                 rows.append(_Row(index, job, feats))
-        for sub in self.pack(rows):
-            self._decode_sub_batch(sub, outcomes, report)
+        try:
+            for sub in self.pack(rows):
+                self._decode_sub_batch(sub, outcomes, report)
+        except Exception as exc:  # fatal: every row not yet decoded fails with it, at once
+            log.error("device error, failing the batch's %d undecoded rows: %r", len(rows), exc)
+            for row in rows:
+                if outcomes[row.index] is None:
+                    outcomes[row.index] = exc
         report.failed_rows = sum(isinstance(o, Exception) for o in outcomes)
         return [o if o is not None else RuntimeError("row not decoded") for o in outcomes], report
 
@@ -146,6 +152,8 @@ class BatchDecoder:
         try:
             results = self._run(rows, report)
         except Exception as exc:
+            if is_fatal_device_error(exc):
+                raise  # the device is gone: retrying each row would only fail again
             if len(rows) == 1:
                 log.warning("chunk decode failed: %r", exc)
                 outcomes[rows[0].index] = exc
@@ -250,12 +258,24 @@ class BatchDecoder:
         return ChunkResult(words=words, tokens=tokens)
 
 
+FATAL_DEVICE_ERROR_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "CUDNN_STATUS")
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """Errors after which the device context is unusable until the process restarts
+    (CUDA has no recovery from a device-side assert)."""
+    text = str(exc)
+    return any(marker in text for marker in FATAL_DEVICE_ERROR_MARKERS)
+
+
 def _search_isolated(search: Callable[..., list[Hyp]], idx: list[int]) -> list[Hyp | Exception]:
     """The group's hypotheses; if the group search fails, each row alone, so one bad
-    row fails only itself."""
+    row fails only itself (unless the device failed: then nothing is retried)."""
     try:
         return list(search(idx))
     except Exception as exc:
+        if is_fatal_device_error(exc):
+            raise
         if len(idx) == 1:
             return [exc]
     hyps: list[Hyp | Exception] = []

@@ -52,11 +52,21 @@ http_app = create_http_app(_this_replica)
 
 
 async def decode_via(transcriber: DeploymentHandle, job: ChunkJob) -> ChunkResult:
-    """One Transcriber call; its error-as-value is raised here, for this request only.
+    """One chunk through the Transcriber; its error-as-value is raised here, for this
+    request only.
 
-    Ray's failures become typed errors: saturation and lost replicas are 503s the
-    client may retry, a replica that failed on the call is our 500.
+    A chunk whose replica died or lost its device is sent once more: chunks are
+    idempotent, and Serve routes the second call to a replica that is alive. Ray's
+    failures become typed errors: saturation and lost replicas are 503s the client may
+    retry, a replica that failed on the call is our 500.
     """
+    try:
+        return await _decode_once(transcriber, job)
+    except UnavailableError:
+        return await _decode_once(transcriber, job)
+
+
+async def _decode_once(transcriber: DeploymentHandle, job: ChunkJob) -> ChunkResult:
     try:
         outcome = await transcriber.decode.remote(job)
     except BackPressureError as exc:

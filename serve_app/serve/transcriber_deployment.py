@@ -31,12 +31,18 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from serve_app.engine.decoder import BatchDecoder, BatchReport
+from serve_app.engine.decoder import BatchDecoder, BatchReport, is_fatal_device_error
 from serve_app.engine.model import load_model
 from serve_app.engine.options import DecodeOptions
 from serve_app.serve.config import AppConfig, BatchingConfig
 from serve_app.serve.metrics import BatchStats, TranscriberMetrics
-from serve_app.wire import ChunkDecodeError, ChunkJob, ChunkResult, ReverbServeError
+from serve_app.wire import (
+    ChunkDecodeError,
+    ChunkJob,
+    ChunkResult,
+    ReverbServeError,
+    UnavailableError,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -49,7 +55,6 @@ PROBE_AFTER_IDLE_S = 60.0
 """Health checks run a tiny forward when the replica has not decoded for this long."""
 FAILED_BATCHES_UNHEALTHY = 3
 """This many batches in a row with every row failed marks the replica unhealthy."""
-_FATAL_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "CUDNN_STATUS")
 
 ChunkOutcome = ChunkResult | ReverbServeError
 
@@ -62,12 +67,6 @@ def _portable(outcome: ChunkResult | Exception) -> ChunkOutcome:
     if isinstance(outcome, (ChunkResult, ReverbServeError)):
         return outcome
     return ChunkDecodeError("The model failed on this audio.")
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Errors after which the device context is unusable until the process restarts."""
-    text = str(exc)
-    return any(marker in text for marker in _FATAL_MARKERS)
 
 
 @serve.deployment(
@@ -142,7 +141,14 @@ class Transcriber:
         return await self._run_batch(jobs)
 
     async def _run_batch(self, jobs: list[ChunkJob]) -> list[ChunkOutcome]:
-        """One batch on the worker thread, holding the gate; never raises."""
+        """One batch on the worker thread, holding the gate; never raises.
+
+        After a fatal device error nothing runs any more: every row fails at once with a
+        503 the caller may retry elsewhere, while the failing health check gets this
+        replica replaced.
+        """
+        if self._fatal is not None:
+            return [self._device_lost()] * len(jobs)
         started = time.perf_counter()
         self._device_free.clear()
         try:
@@ -160,7 +166,12 @@ class Transcriber:
         self._stats.record(report, seconds)
         self._metrics.record(report, seconds)
         self._track_failures(outcomes, report)
+        if self._fatal is not None:
+            return [o if isinstance(o, ChunkResult) else self._device_lost() for o in outcomes]
         return [_portable(o) for o in outcomes]
+
+    def _device_lost(self) -> UnavailableError:
+        return UnavailableError("The model replica's device failed; retry shortly.")
 
     def _track_failures(self, outcomes: list[ChunkResult | Exception], report: BatchReport) -> None:
         """Count batches in which the model failed every row. A row refused for its own
@@ -174,7 +185,7 @@ class Transcriber:
         elif outcomes:
             self._failed_batches_in_a_row = 0
         for outcome in model_failures:
-            if isinstance(outcome, Exception) and _is_fatal(outcome):
+            if isinstance(outcome, Exception) and is_fatal_device_error(outcome):
                 self._fatal = f"{type(outcome).__name__}: {outcome}"
 
     # -- health and introspection -------------------------------------------------
@@ -202,7 +213,7 @@ class Transcriber:
         loop = asyncio.get_running_loop()
         outcomes, _ = await loop.run_in_executor(self._executor, self._decoder.decode, [job])
         if isinstance(outcomes[0], Exception):
-            if _is_fatal(outcomes[0]):
+            if is_fatal_device_error(outcomes[0]):
                 self._fatal = str(outcomes[0])
             raise RuntimeError(f"health probe forward failed: {outcomes[0]!r}")
         self._stats.last_success_at = time.monotonic()

@@ -59,14 +59,17 @@ def _batch(transcriber: Any, rows: int = 2) -> list[Any]:
     return asyncio.run(transcriber._run_batch([JOB] * rows))
 
 
-def test_a_fatal_device_error_makes_the_replica_unhealthy_for_good():
+def test_a_fatal_device_error_fails_fast_and_makes_the_replica_unhealthy_for_good():
+    """Pass: the batch's rows are retryable 503s without internal detail; later batches
+    fail at once without touching the device; the health check raises from then on."""
     transcriber, decoder = _transcriber()
     decoder.outcome = RuntimeError("CUDA error: device-side assert triggered")
     outcomes = _batch(transcriber)
-    assert all(isinstance(o, ChunkDecodeError) for o in outcomes)
+    assert all(isinstance(o, UnavailableError) and o.status_code == 503 for o in outcomes)
     assert all("CUDA" not in o.message for o in outcomes)  # internal detail stays here
     decoder.outcome = ChunkResult(words=[], tokens=[])
-    _batch(transcriber)  # a later success does not make the device usable again
+    later = _batch(transcriber, rows=3)  # no retry storm: the device is not used again
+    assert decoder.calls == 1 and all(isinstance(o, UnavailableError) for o in later)
     with pytest.raises(RuntimeError, match="device error"):
         asyncio.run(transcriber.check_health())
 
@@ -134,16 +137,19 @@ def test_ready_reports_the_model():
 
 
 class FakeHandle:
-    """``handle.decode.remote(job)`` that raises or returns ``result``."""
+    """``handle.decode.remote(job)`` that raises or returns ``result`` (then ``then``)."""
 
-    def __init__(self, result: Any) -> None:
+    def __init__(self, result: Any, then: Any = None) -> None:
         self.decode = SimpleNamespace(remote=lambda job: self._respond())
-        self._result = result
+        self._results = [result] if then is None else [result, then]
+        self.calls = 0
 
     async def _respond(self) -> Any:
-        if isinstance(self._result, BaseException):
-            raise self._result
-        return self._result
+        result = self._results[min(self.calls, len(self._results) - 1)]
+        self.calls += 1
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
 
 def _task_error() -> RayTaskError:
@@ -171,3 +177,25 @@ def test_ray_failures_become_typed_errors(raised, expected, status):
 def test_a_result_passes_through():
     result = ChunkResult(words=[], tokens=[3])
     assert asyncio.run(decode_via(FakeHandle(result), JOB)) is result
+
+
+@pytest.mark.parametrize(
+    "first", [RayActorError(), ReplicaUnavailableError("r1"), UnavailableError("device lost")]
+)
+def test_a_chunk_whose_replica_died_is_sent_once_more(first):
+    result = ChunkResult(words=[], tokens=[3])
+    handle = FakeHandle(first, then=result)
+    assert asyncio.run(decode_via(handle, JOB)) is result
+    assert handle.calls == 2
+
+
+def test_a_chunk_is_retried_only_once_and_never_for_other_errors():
+    dead = FakeHandle(RayActorError())
+    with pytest.raises(UnavailableError):
+        asyncio.run(decode_via(dead, JOB))
+    assert dead.calls == 2
+    for error in (BackPressureError(num_queued_requests=9, max_queued_requests=8), _task_error()):
+        handle = FakeHandle(error, then=ChunkResult(words=[], tokens=[]))
+        with pytest.raises((OverloadedError, ChunkDecodeError)):
+            asyncio.run(decode_via(handle, JOB))
+        assert handle.calls == 1
