@@ -8,6 +8,10 @@ Two bursts, each sent all at once after every clip's solo transcript was taken:
 * ``flood``: 96 requests for 4 s clips. Pass: at least half 200 (each right), every
   other answer a 503 with Retry-After, answered within 100 ms of its arrival.
 
+Then ``fairness``: 20 short clips one after another, alone and again while a
+30-minute file is being transcribed; reports both p95 latencies (the fan-out window is
+what keeps the second close to the first).
+
 Starts ``configs/local.yaml`` on a local Ray instance unless ``--url`` names a running
 server (127.0.0.1 only).
 
@@ -30,6 +34,7 @@ import httpx
 import numpy as np
 
 from bench._common import emit, load_avg, machine, md_table, served_app, wav_bytes
+from bench.attack_http import silent_opus
 from serve_app.engine.audio import decode_audio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +90,31 @@ def _solo(url: str, files: dict[str, bytes]) -> dict[str, str]:
         return texts
 
 
+async def _fairness(url: str, short: list[tuple[str, bytes]], long_file: bytes) -> dict:
+    """p95 of sequential short requests alone, then beside one long file."""
+
+    async def sequential(client: httpx.AsyncClient) -> list[float]:
+        return [(await _post(client, name, data))["seconds"] for name, data in short]
+
+    def p95(values: list[float]) -> float:
+        return sorted(values)[max(int(len(values) * 0.95) - 1, 0)]
+
+    async with httpx.AsyncClient(base_url=url, timeout=900) as client:
+        alone = await sequential(client)
+        long_task = asyncio.create_task(_post(client, "long.opus", long_file))
+        await asyncio.sleep(3.0)  # the long file is decoded and on the model
+        beside = await sequential(client)
+        still_running = not long_task.done()
+        long_answer = await long_task
+    return {
+        "p95_alone_s": p95(alone),
+        "p95_beside_long_s": p95(beside),
+        "long_file_status": long_answer["status"],
+        "long_file_s": long_answer["seconds"],
+        "long_file_still_running_after": still_running,
+    }
+
+
 def _summary(answers: list[dict[str, Any]], solo: dict[str, str]) -> dict[str, Any]:
     ok = [a for a in answers if a["status"] == 200]
     shed = [a for a in answers if a["status"] != 200]
@@ -116,6 +146,8 @@ def run(url: str) -> dict[str, Any]:
     started = time.perf_counter()
     flood_answers = asyncio.run(_burst(url, flood_uploads))
     flood_s = time.perf_counter() - started
+    short = [(names[i % len(names)], flood[names[i % len(names)]]) for i in range(20)]
+    fairness = asyncio.run(_fairness(url, short, silent_opus(1800)))
     result = {
         "machine": machine(),
         "load_avg": load_avg(),
@@ -123,6 +155,7 @@ def run(url: str) -> dict[str, Any]:
         "mixed": {**_summary(mixed_answers, solo), "wall_s": mixed_s},
         "flood": {**_summary(flood_answers, solo), "wall_s": flood_s},
         "readyz_before_flood": before_flood,
+        "fairness": fairness,
     }
     m, f = result["mixed"], result["flood"]
     ok_flood = f["statuses"].get(200, 0)
@@ -167,7 +200,14 @@ def report_md(result: dict[str, Any]) -> str:
         f"audio-s/s overall, {ready.get('drain_rate_audio_s_per_s')} while saturated, and a "
         f"typical request of {ready.get('typical_request_audio_s')} s."
     )
-    return f"{head}\n\n{table}\n\n{checks}\n\n{seen}\n"
+    fair = result["fairness"]
+    fairness = (
+        f"Short requests one at a time: p95 {fair['p95_alone_s']:.2f} s alone, "
+        f"{fair['p95_beside_long_s']:.2f} s while a 30-minute file ran (it took "
+        f"{fair['long_file_s']:.1f} s, status {fair['long_file_status']}; still running "
+        f"when the short ones finished: {fair['long_file_still_running_after']})."
+    )
+    return f"{head}\n\n{table}\n\n{checks}\n\n{seen}\n\n{fairness}\n"
 
 
 def main(argv: list[str] | None = None) -> int:

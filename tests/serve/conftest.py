@@ -11,6 +11,9 @@ Apps (one Serve instance, one HTTP port):
 * ``guarded`` at ``/guarded``: an API key, one request at a time, a 200 kB upload
   limit and a CORS allowlist, for the admission tests.
 * ``caller`` (no HTTP route): a second deployment that calls ``reverb`` through a handle.
+* ``reliable`` at ``/reliable``: two Transcriber replicas and one chunk per request on
+  the model at a time, for the fault tests in ``reliability/`` (replica deaths,
+  disconnects), which kill or starve its replicas without touching the other apps.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from serve_helpers import (
     GUARDED_PREFIX,
     GUARDED_UPLOAD_LIMIT,
     MAIN_APP,
+    RELIABLE_APP,
+    RELIABLE_PREFIX,
     wav_bytes,
 )
 
@@ -80,6 +85,10 @@ class ServeCluster:
     def guarded_url(self) -> str:
         return self.base_url + GUARDED_PREFIX
 
+    @property
+    def reliable_url(self) -> str:
+        return self.base_url + RELIABLE_PREFIX
+
     def config(self, batching: dict[str, Any] | None = None) -> dict[str, Any]:
         """The multi-app Serve config, as a YAML file would hold it."""
         common = {"model": str(self.model_dir), "device": "cpu", "num_cpus": 1}
@@ -116,6 +125,26 @@ class ServeCluster:
                     "deployments": [
                         {"name": "Ingress", **small},
                         {"name": "Transcriber", "ray_actor_options": {"num_cpus": 0.5}},
+                    ],
+                },
+                {
+                    "name": RELIABLE_APP,
+                    "route_prefix": RELIABLE_PREFIX,
+                    "import_path": "serve_app.app:build_app",
+                    "args": {
+                        **common,
+                        "max_audio_seconds": 3600,
+                        "max_decoded_audio_seconds": 7200,
+                        "max_chunks_in_flight_per_request": 1,
+                    },
+                    "deployments": [
+                        {"name": "Ingress", **small},
+                        {
+                            "name": "Transcriber",
+                            "num_replicas": 2,
+                            "user_config": BASE_BATCHING,
+                            "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0},
+                        },
                     ],
                 },
                 {

@@ -1,0 +1,164 @@
+"""Faults on a real Serve deployment: clients that leave, replicas that die.
+
+They run against the session's ``reliable`` app (two Transcriber replicas, one chunk of
+a request on the model at a time) so that killing or starving its replicas leaves the
+other apps alone. Load is bounded in count and time and goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from serve_helpers import RELIABLE_APP, wav_bytes
+
+from bench.attack_http import silent_opus
+
+pytestmark = pytest.mark.serve
+
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+
+
+def _readyz(url: str) -> dict[str, Any]:
+    return httpx.get(url + "/readyz", timeout=30).json()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Seconds until ``condition()`` held (polled every 20 ms)."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, f"{what} within {timeout_s} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def _raw_upload(url: str, audio: bytes, **fields: str) -> socket.socket:
+    """Send a whole multipart upload on a raw socket and return it unread, so the test
+    decides exactly when the client goes away."""
+    boundary = "reliability"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in {"model": "whisper-1", **fields}.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.opus"\r\n'
+        "Content-Type: audio/ogg\r\n\r\n".encode()
+        + audio
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    body = b"".join(parts)
+    target = urlsplit(url)
+    sock = socket.create_connection((target.hostname, target.port), timeout=60)
+    head = (
+        f"POST {target.path}{TRANSCRIPTIONS} HTTP/1.1\r\nHost: {target.hostname}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+@pytest.fixture(scope="module")
+def long_silence() -> bytes:
+    """50 minutes of silence: 150 chunks, one at a time on the model, so the request
+    is still running when its client leaves."""
+    return silent_opus(3000)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "sse"])
+def test_a_client_that_leaves_stops_its_chunks_within_a_second(serve_cluster, long_silence, stream):
+    """Pass: once the request is on the model, closing the connection releases it in
+    the Ingress (no chunk of it running or waiting) within 1 s, so no new chunk of it
+    starts later than that; the next request is served."""
+    url = serve_cluster.reliable_url
+    fields = {"stream": "true"} if stream else {}
+    sock = _raw_upload(url, long_silence, **fields)
+    try:
+        _wait_for(lambda: _readyz(url)["on_model"] == 1, 60, "the request reached the model")
+        if stream:
+            assert b"200" in sock.recv(4096).split(b"\r\n", 1)[0]  # headers of the stream
+    finally:
+        sock.close()
+    left = _wait_for(lambda: _readyz(url)["in_flight"] == 0, 5, "the request was released")
+    assert left < 1.0, f"released {left:.2f} s after the client left"
+    print(f"\n{'SSE' if stream else 'plain'} client left: request released in {left:.2f} s")
+    assert _readyz(url)["on_model"] == 0
+    clip = silent_opus(3)
+    again = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.opus", clip)}, timeout=60)
+    assert again.status_code == 200
+
+
+def _transcriber_pids(dashboard_url: str) -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=dashboard_url, filters=[("state", "=", "ALIVE")], detail=True)
+    return [int(a.pid) for a in actors if a.class_name.endswith(f"{RELIABLE_APP}:Transcriber")]
+
+
+def test_killing_a_transcriber_replica_under_load_fails_nothing(serve_cluster, speech):
+    """Pass: with two Transcriber replicas and requests in flight, SIGKILL of one gives
+    only 200s with the right transcript or 503s with Retry-After (the killed replica's
+    chunks are sent once more, to the other), never a 500 or a hang; a request
+    succeeds within 30 s of the kill, and Serve brings the replica back."""
+    url = serve_cluster.reliable_url
+    clip = wav_bytes(speech(30.0, 11))  # two chunks
+    expected = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.wav", clip)}, timeout=120)
+    assert expected.status_code == 200
+    pids = _transcriber_pids(serve_cluster.dashboard_url)
+    assert len(pids) == 2, pids
+
+    outcomes: list[tuple[int, str, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(TRANSCRIPTIONS, files={"file": ("a.wav", clip)})
+                except httpx.TimeoutException:
+                    outcomes.append((0, "hang", ""))
+                    continue
+                text = r.json().get("text", "") if r.status_code == 200 else r.text[:200]
+                outcomes.append((r.status_code, text, r.headers.get("retry-after", "")))
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_for(lambda: len(outcomes) >= 6, 60, "load started")
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        served_after = len(outcomes)
+        _wait_for(
+            lambda: any(s == 200 for s, _, _ in outcomes[served_after:]),
+            30,
+            "a request succeeded after the kill",
+        )
+        recovery_s = time.monotonic() - killed_at
+        time.sleep(3.0)  # keep the load on while the replica is replaced
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(90)
+    statuses = {s for s, _, _ in outcomes}
+    assert statuses <= {200, 503}, [o for o in outcomes if o[0] not in (200, 503)][:3]
+    assert all(ra for s, _, ra in outcomes if s == 503)
+    assert all(text == expected.json()["text"] for s, text, _ in outcomes if s == 200)
+    assert recovery_s < 30
+    print(
+        f"\nSIGKILL of a Transcriber replica under load: {len(outcomes)} requests, "
+        f"statuses {sorted(statuses)}, first 200 after the kill in {recovery_s:.2f} s"
+    )
+    _wait_for(
+        lambda: len(_transcriber_pids(serve_cluster.dashboard_url)) == 2,
+        120,
+        "Serve replaced the killed replica",
+    )
