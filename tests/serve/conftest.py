@@ -14,6 +14,7 @@ Apps (one Serve instance, one HTTP port):
 * ``reliable`` at ``/reliable``: two Transcriber replicas and one chunk per request on
   the model at a time, for the fault tests in ``reliability/`` (replica deaths,
   disconnects), which kill or starve its replicas without touching the other apps.
+* ``two-ingress`` at ``/two-ingress``: two Ingress replicas, for killing one of them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from serve_helpers import (
     MAIN_APP,
     RELIABLE_APP,
     RELIABLE_PREFIX,
+    TWO_INGRESS_APP,
+    TWO_INGRESS_PREFIX,
     wav_bytes,
 )
 
@@ -88,6 +91,10 @@ class ServeCluster:
     @property
     def reliable_url(self) -> str:
         return self.base_url + RELIABLE_PREFIX
+
+    @property
+    def two_ingress_url(self) -> str:
+        return self.base_url + TWO_INGRESS_PREFIX
 
     def config(self, batching: dict[str, Any] | None = None) -> dict[str, Any]:
         """The multi-app Serve config, as a YAML file would hold it."""
@@ -145,6 +152,16 @@ class ServeCluster:
                             "user_config": BASE_BATCHING,
                             "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0},
                         },
+                    ],
+                },
+                {
+                    "name": TWO_INGRESS_APP,
+                    "route_prefix": TWO_INGRESS_PREFIX,
+                    "import_path": "serve_app.app:build_app",
+                    "args": common,
+                    "deployments": [
+                        {"name": "Ingress", "num_replicas": 2, **small},
+                        {"name": "Transcriber", "ray_actor_options": {"num_cpus": 0.5}},
                     ],
                 },
                 {

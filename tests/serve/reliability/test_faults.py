@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from serve_helpers import RELIABLE_APP, wav_bytes
+from serve_helpers import RELIABLE_APP, TWO_INGRESS_APP, wav_bytes
 
 from bench.attack_http import silent_opus
 
@@ -96,11 +96,52 @@ def test_a_client_that_leaves_stops_its_chunks_within_a_second(serve_cluster, lo
     assert again.status_code == 200
 
 
-def _transcriber_pids(dashboard_url: str) -> list[int]:
+def _replica_pids(dashboard_url: str, app: str, deployment: str) -> list[int]:
     from ray.util.state import list_actors
 
     actors = list_actors(address=dashboard_url, filters=[("state", "=", "ALIVE")], detail=True)
-    return [int(a.pid) for a in actors if a.class_name.endswith(f"{RELIABLE_APP}:Transcriber")]
+    return [int(a.pid) for a in actors if a.class_name.endswith(f"{app}:{deployment}")]
+
+
+def _transcriber_pids(dashboard_url: str) -> list[int]:
+    return _replica_pids(dashboard_url, RELIABLE_APP, "Transcriber")
+
+
+class Load:
+    """``clients`` threads posting ``clip`` until stopped; every outcome recorded."""
+
+    def __init__(self, url: str, clip: bytes, clients: int = 6) -> None:
+        self.outcomes: list[tuple[float, int, str, str]] = []
+        self._stop = threading.Event()
+        self._url, self._clip = url, clip
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self._url, timeout=60) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = http.post(TRANSCRIPTIONS, files={"file": ("a.wav", self._clip)})
+                except httpx.TimeoutException:
+                    self.outcomes.append((started, 0, "hang", ""))
+                    continue
+                except httpx.TransportError as exc:  # connection cut by the proxy
+                    self.outcomes.append((started, -1, type(exc).__name__, ""))
+                    continue
+                text = r.json().get("text", "") if r.status_code == 200 else r.text[:200]
+                self.outcomes.append(
+                    (started, r.status_code, text, r.headers.get("retry-after", ""))
+                )
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(90)
 
 
 def test_killing_a_transcriber_replica_under_load_fails_nothing(serve_cluster, speech):
@@ -115,39 +156,18 @@ def test_killing_a_transcriber_replica_under_load_fails_nothing(serve_cluster, s
     pids = _transcriber_pids(serve_cluster.dashboard_url)
     assert len(pids) == 2, pids
 
-    outcomes: list[tuple[int, str, str]] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            while not stop.is_set():
-                try:
-                    r = http.post(TRANSCRIPTIONS, files={"file": ("a.wav", clip)})
-                except httpx.TimeoutException:
-                    outcomes.append((0, "hang", ""))
-                    continue
-                text = r.json().get("text", "") if r.status_code == 200 else r.text[:200]
-                outcomes.append((r.status_code, text, r.headers.get("retry-after", "")))
-
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    try:
-        _wait_for(lambda: len(outcomes) >= 6, 60, "load started")
+    with Load(url, clip) as load:
+        _wait_for(lambda: len(load.outcomes) >= 6, 60, "load started")
         os.kill(pids[0], signal.SIGKILL)
         killed_at = time.monotonic()
-        served_after = len(outcomes)
         _wait_for(
-            lambda: any(s == 200 for s, _, _ in outcomes[served_after:]),
+            lambda: any(t > killed_at and s == 200 for t, s, _, _ in load.outcomes),
             30,
-            "a request succeeded after the kill",
+            "a request sent after the kill succeeded",
         )
         recovery_s = time.monotonic() - killed_at
         time.sleep(3.0)  # keep the load on while the replica is replaced
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(90)
+    outcomes = [(s, text, ra) for _, s, text, ra in load.outcomes]
     statuses = {s for s, _, _ in outcomes}
     assert statuses <= {200, 503}, [o for o in outcomes if o[0] not in (200, 503)][:3]
     assert all(ra for s, _, ra in outcomes if s == 503)
@@ -161,4 +181,39 @@ def test_killing_a_transcriber_replica_under_load_fails_nothing(serve_cluster, s
         lambda: len(_transcriber_pids(serve_cluster.dashboard_url)) == 2,
         120,
         "Serve replaced the killed replica",
+    )
+
+
+def test_killing_one_of_two_ingress_replicas_leaves_the_other_serving(serve_cluster, speech):
+    """Pass: SIGKILL of one Ingress replica under load fails at most the requests that
+    were in flight on it (6 clients: at most 6), every request sent after the kill
+    has been noticed succeeds, and one does within 30 s. Its own clients' outcomes are
+    printed: Ray's proxy answers for a replica that died mid-request."""
+    url = serve_cluster.two_ingress_url
+    clip = wav_bytes(speech(10.0, 12))
+    expected = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.wav", clip)}, timeout=120)
+    assert expected.status_code == 200
+    pids = _replica_pids(serve_cluster.dashboard_url, TWO_INGRESS_APP, "Ingress")
+    assert len(pids) == 2, pids
+    with Load(url, clip) as load:
+        _wait_for(lambda: len(load.outcomes) >= 12, 60, "load started")
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        _wait_for(
+            lambda: any(t > killed_at and s == 200 for t, s, _, _ in load.outcomes),
+            30,
+            "a request sent after the kill succeeded",
+        )
+        recovery_s = time.monotonic() - killed_at
+        time.sleep(3.0)
+    failed = [(t, s, text) for t, s, text, _ in load.outcomes if s != 200]
+    assert len(failed) <= 6, failed
+    assert all(t < killed_at + 5 for t, _, _ in failed), "a failure long after the kill"
+    right = expected.json()["text"]
+    assert all(text == right for _, s, text, _ in load.outcomes if s == 200)
+    print(
+        f"\nSIGKILL of one of two Ingress replicas: {len(load.outcomes)} requests, "
+        f"{len(failed)} failed ({sorted({s for _, s, _ in failed})}: "
+        f"{sorted({text[:80] for _, _, text in failed})}), first 200 after the kill in "
+        f"{recovery_s:.2f} s"
     )
