@@ -36,6 +36,8 @@ def build_app(args: dict[str, Any]) -> Application:
         backpressure_config=backpressure,
     ).bind(config)
     ingress = Ingress.options(
+        # A rolling update drains an old Ingress; let its longest request finish.
+        graceful_shutdown_timeout_s=config.request_timeout_s + 10,
         max_ongoing_requests=config.ingress_max_ongoing_requests,
         max_queued_requests=config.ingress_max_ongoing_requests,
         backpressure_config=backpressure,

@@ -96,8 +96,15 @@ class ServeCluster:
     def two_ingress_url(self) -> str:
         return self.base_url + TWO_INGRESS_PREFIX
 
-    def config(self, batching: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The multi-app Serve config, as a YAML file would hold it."""
+    def config(
+        self,
+        batching: dict[str, Any] | None = None,
+        *,
+        reliable_batching: dict[str, Any] | None = None,
+        two_ingress_args: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The multi-app Serve config, as a YAML file would hold it; the keywords change
+        one app's ``user_config`` or ``args`` (the redeploy tests)."""
         common = {"model": str(self.model_dir), "device": "cpu", "num_cpus": 1}
         small = {"ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0}}
         return {
@@ -149,7 +156,7 @@ class ServeCluster:
                         {
                             "name": "Transcriber",
                             "num_replicas": 2,
-                            "user_config": BASE_BATCHING,
+                            "user_config": reliable_batching or BASE_BATCHING,
                             "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0},
                         },
                     ],
@@ -158,7 +165,7 @@ class ServeCluster:
                     "name": TWO_INGRESS_APP,
                     "route_prefix": TWO_INGRESS_PREFIX,
                     "import_path": "serve_app.app:build_app",
-                    "args": common,
+                    "args": {**common, **(two_ingress_args or {})},
                     "deployments": [
                         {"name": "Ingress", "num_replicas": 2, **small},
                         {"name": "Transcriber", "ray_actor_options": {"num_cpus": 0.5}},
@@ -173,13 +180,13 @@ class ServeCluster:
             ]
         }
 
-    def apply(self, batching: dict[str, Any] | None = None) -> None:
+    def apply(self, batching: dict[str, Any] | None = None, **changes: Any) -> None:
         """Deploy (or update) the apps through Serve's REST API, as ``serve deploy``
         does, and wait until they run."""
         from serve_app.deploy import deploy_config
 
         deploy_config(
-            {**self.serve_options(), **self.config(batching)},
+            {**self.serve_options(), **self.config(batching, **changes)},
             dashboard_url=self.dashboard_url,
             timeout_s=DEPLOY_TIMEOUT_S,
         )

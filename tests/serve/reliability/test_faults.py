@@ -217,3 +217,68 @@ def test_killing_one_of_two_ingress_replicas_leaves_the_other_serving(serve_clus
         f"{sorted({text[:80] for _, _, text in failed})}), first 200 after the kill in "
         f"{recovery_s:.2f} s"
     )
+
+
+def _reliable_batch_size() -> int:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Transcriber", app_name=RELIABLE_APP)
+    return handle.stats.remote().result(timeout_s=30)["max_batch_size"]
+
+
+def test_a_user_config_change_under_load_fails_nothing_and_restarts_nothing(serve_cluster, speech):
+    """Pass: ``serve deploy`` of a new batching ``user_config`` while requests flow: every
+    request 200 with the right text, and the Transcriber replicas are the same
+    processes afterwards (the change went through ``reconfigure``)."""
+    url = serve_cluster.reliable_url
+    clip = wav_bytes(speech(10.0, 13))
+    expected = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.wav", clip)}, timeout=120)
+    pids = sorted(_transcriber_pids(serve_cluster.dashboard_url))
+    try:
+        with Load(url, clip) as load:
+            _wait_for(lambda: len(load.outcomes) >= 6, 60, "load started")
+            serve_cluster.apply(
+                reliable_batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.02}
+            )
+            _wait_for(lambda: _reliable_batch_size() == 4, 60, "the new batch size applied")
+            time.sleep(2.0)
+    finally:
+        serve_cluster.apply()
+    statuses = sorted({s for _, s, _, _ in load.outcomes})
+    assert statuses == [200], [o for o in load.outcomes if o[1] != 200][:3]
+    assert all(text == expected.json()["text"] for _, _, text, _ in load.outcomes)
+    assert sorted(_transcriber_pids(serve_cluster.dashboard_url)) == pids
+
+
+def test_an_args_change_rolls_out_new_replicas_under_load_without_5xx(serve_cluster, speech):
+    """Pass: ``serve deploy`` with changed ``args`` replaces every replica of the
+    two-Ingress app (new processes) while requests flow, and no request gets a 5xx, a
+    dropped connection or a hang: old Ingress replicas drain (their graceful shutdown
+    outlasts the longest request) while new ones take the traffic."""
+    url = serve_cluster.two_ingress_url
+    clip = wav_bytes(speech(10.0, 14))
+    expected = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.wav", clip)}, timeout=120)
+    before = set(_replica_pids(serve_cluster.dashboard_url, TWO_INGRESS_APP, "Ingress"))
+    assert len(before) == 2, before
+
+    def rolled_out() -> bool:
+        now = set(_replica_pids(serve_cluster.dashboard_url, TWO_INGRESS_APP, "Ingress"))
+        return len(now) == 2 and not now & before
+
+    try:
+        with Load(url, clip) as load:
+            _wait_for(lambda: len(load.outcomes) >= 6, 60, "load started")
+            started = time.monotonic()
+            serve_cluster.apply(two_ingress_args={"retry_after_s": 3})  # waits for RUNNING
+            _wait_for(rolled_out, 180, "new Ingress replicas replaced the old")
+            took = time.monotonic() - started
+            time.sleep(3.0)
+    finally:
+        serve_cluster.apply()
+    bad = [o for o in load.outcomes if o[1] != 200]
+    assert not bad, bad[:3]
+    assert all(text == expected.json()["text"] for _, _, text, _ in load.outcomes)
+    print(
+        f"\nargs redeploy under load: {len(load.outcomes)} requests, all 200; "
+        f"rolled out in {took:.1f} s"
+    )
