@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +129,28 @@ def app_config(
     return config
 
 
+@dataclass(frozen=True)
+class ServedApp:
+    url: str
+    config: dict[str, Any]
+    dashboard_url: str
+
+
 @contextlib.contextmanager
-def served_app(config_path: Path, **overrides: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+def served_app(
+    config_path: Path, env_vars: dict[str, str] | None = None, **overrides: Any
+) -> Iterator[ServedApp]:
     """The app from a Serve config file on a local Ray instance, on a free loopback
-    port; yields its URL and the config as deployed, and shuts it all down after."""
+    port, ``overrides`` applied to its args and ``env_vars`` to its replicas'
+    environment; shuts it all down after."""
     from serve_app.deploy import deploy_config
 
     with local_ray() as dashboard:
         (port,) = free_ports(1)  # after Ray holds its own ports
         config = app_config(config_path, port, **overrides)
+        if env_vars:
+            for app in config["applications"]:
+                runtime_env = app.setdefault("runtime_env", {})
+                runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
         deploy_config(config, dashboard_url=dashboard, timeout_s=300)
-        yield f"http://127.0.0.1:{port}", config
+        yield ServedApp(f"http://127.0.0.1:{port}", config, dashboard)

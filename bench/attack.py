@@ -162,8 +162,8 @@ def served(config_path: Path) -> Iterator[Target]:
     """The app from ``config_path`` on a local Ray instance, with a fresh API key and
     a CORS origin of our own, so the auth and CORS attacks have something to attack."""
     key = secrets.token_urlsafe(24)
-    with served_app(config_path, api_key=key, cors_origins=[ALLOWED_ORIGIN]) as (url, config):
-        yield _target(url, config, key, ALLOWED_ORIGIN)
+    with served_app(config_path, api_key=key, cors_origins=[ALLOWED_ORIGIN]) as app:
+        yield _target(app.url, app.config, key, ALLOWED_ORIGIN)
 
 
 def _target(url: str, config: dict[str, Any], key: str | None, origin: str | None) -> Target:

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(served_app(Path(args.config)))[0]
+        url = args.url or stack.enter_context(served_app(Path(args.config))).url
         result = run(url)
     emit(report_md(result), args.md, args.json, result)
     return 0 if all(result["passed"].values()) else 1

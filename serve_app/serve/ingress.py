@@ -9,6 +9,7 @@ chunk call, maps Ray's failures to typed errors, and answers readiness.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -37,6 +38,9 @@ from serve_app.wire import (
     UnavailableError,
 )
 
+TEST_LEAK_ENV = "REVERB_SERVE_TEST_LEAK_KB"
+"""Test-only: keep this many kB per request forever, so that the soak's leak detector
+can be shown to catch a leak (its negative control). Never set in a real deployment."""
 READINESS_TIMEOUT_S = 10.0
 """A probe that no Transcriber answers within this is a 503."""
 
@@ -94,6 +98,8 @@ class Ingress:
         self.started_at = int(time.time())
         self._metrics = IngressMetrics()
         self._model_info: dict[str, Any] | None = None
+        self._test_leak_bytes = int(os.environ.get(TEST_LEAK_ENV, "0") or 0) * 1024
+        self._test_leaked: list[bytes] = []
         self._last_chunk_ok = float("-inf")
         self.pipeline = TranscriptionPipeline(
             self._decode_chunk,
@@ -154,6 +160,8 @@ class Ingress:
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self._metrics.record_request(route, status, seconds)
+        if self._test_leak_bytes:
+            self._test_leaked.append(b"\x01" * self._test_leak_bytes)
 
 
 async def _resolve(response: Any) -> Any:

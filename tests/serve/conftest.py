@@ -101,6 +101,7 @@ class ServeCluster:
         batching: dict[str, Any] | None = None,
         *,
         reliable_batching: dict[str, Any] | None = None,
+        reliable_env: dict[str, str] | None = None,
         two_ingress_args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The multi-app Serve config, as a YAML file would hold it; the keywords change
@@ -145,6 +146,7 @@ class ServeCluster:
                     "name": RELIABLE_APP,
                     "route_prefix": RELIABLE_PREFIX,
                     "import_path": "serve_app.app:build_app",
+                    "runtime_env": {"env_vars": reliable_env or {}},
                     "args": {
                         **common,
                         "max_audio_seconds": 3600,
