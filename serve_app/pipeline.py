@@ -173,7 +173,7 @@ class TranscriptionPipeline:
         """Raise ``OverloadedError`` (503 + Retry-After) if a request arriving now
         would be refused: this Ingress holds all it may, or the projected wait for the
         model is already too long, counting requests admitted but not yet decoded and
-        ``arriving`` ones (bodies still coming in) at the mean request length. Cheap,
+        ``arriving`` ones (bodies still coming in) at the typical request length. Cheap,
         so the edge asks before reading a body, and a burst is shed as it arrives
         rather than after every upload in it was read and decoded."""
         capacity = self.capacity
