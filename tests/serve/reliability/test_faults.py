@@ -144,6 +144,26 @@ class Load:
             thread.join(90)
 
 
+def _kill_under_load(
+    url: str, clip: bytes, pid: int, started_after: int
+) -> tuple[Load, float, float]:
+    """SIGKILL ``pid`` once ``started_after`` requests are answered, keep the load on
+    until a request sent after the kill succeeds, then 3 s more while Serve replaces
+    the process; (the load, when it was killed, seconds to the first success)."""
+    with Load(url, clip) as load:
+        _wait_for(lambda: len(load.outcomes) >= started_after, 60, "load started")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _wait_for(
+            lambda: any(t > killed_at and s == 200 for t, s, _, _ in load.outcomes),
+            30,
+            "a request sent after the kill succeeded",
+        )
+        recovery_s = time.monotonic() - killed_at
+        time.sleep(3.0)
+    return load, killed_at, recovery_s
+
+
 def test_killing_a_transcriber_replica_under_load_fails_nothing(serve_cluster, speech):
     """Pass: with two Transcriber replicas and requests in flight, SIGKILL of one gives
     only 200s with the right transcript or 503s with Retry-After (the killed replica's
@@ -156,17 +176,7 @@ def test_killing_a_transcriber_replica_under_load_fails_nothing(serve_cluster, s
     pids = _transcriber_pids(serve_cluster.dashboard_url)
     assert len(pids) == 2, pids
 
-    with Load(url, clip) as load:
-        _wait_for(lambda: len(load.outcomes) >= 6, 60, "load started")
-        os.kill(pids[0], signal.SIGKILL)
-        killed_at = time.monotonic()
-        _wait_for(
-            lambda: any(t > killed_at and s == 200 for t, s, _, _ in load.outcomes),
-            30,
-            "a request sent after the kill succeeded",
-        )
-        recovery_s = time.monotonic() - killed_at
-        time.sleep(3.0)  # keep the load on while the replica is replaced
+    load, _, recovery_s = _kill_under_load(url, clip, pids[0], started_after=6)
     outcomes = [(s, text, ra) for _, s, text, ra in load.outcomes]
     statuses = {s for s, _, _ in outcomes}
     assert statuses <= {200, 503}, [o for o in outcomes if o[0] not in (200, 503)][:3]
@@ -195,17 +205,7 @@ def test_killing_one_of_two_ingress_replicas_leaves_the_other_serving(serve_clus
     assert expected.status_code == 200
     pids = _replica_pids(serve_cluster.dashboard_url, TWO_INGRESS_APP, "Ingress")
     assert len(pids) == 2, pids
-    with Load(url, clip) as load:
-        _wait_for(lambda: len(load.outcomes) >= 12, 60, "load started")
-        os.kill(pids[0], signal.SIGKILL)
-        killed_at = time.monotonic()
-        _wait_for(
-            lambda: any(t > killed_at and s == 200 for t, s, _, _ in load.outcomes),
-            30,
-            "a request sent after the kill succeeded",
-        )
-        recovery_s = time.monotonic() - killed_at
-        time.sleep(3.0)
+    load, killed_at, recovery_s = _kill_under_load(url, clip, pids[0], started_after=12)
     failed = [(t, s, text) for t, s, text, _ in load.outcomes if s != 200]
     assert len(failed) <= 6, failed
     assert all(t < killed_at + 5 for t, _, _ in failed), "a failure long after the kill"
