@@ -113,11 +113,11 @@ class ModelCapacity:
     """Slots on the model, a FIFO queue for them, and the audio still ahead.
 
     A queue drains at the rate the model reaches when every slot is busy, which with
-    batching is far above the rate seen while requests trickle in one at a time (4x on
-    the 2-core test box). So waits are projected only from a rate measured while every
-    slot was busy; until the first second of that, only the queue's length refuses.
-    Guessing high costs a few requests a longer wait, guessing low refuses requests
-    that would have been served in seconds, which is the failure this module is for.
+    batching is far above the rate seen while requests trickle in one at a time. So
+    waits are projected only from a rate measured while every slot was busy; until the
+    first second of that, only the queue's length refuses. Guessing high costs a few
+    requests a longer wait; guessing low refuses requests that would have been served
+    in seconds, which is the failure this module is for.
     """
 
     def __init__(
@@ -193,10 +193,7 @@ class ModelCapacity:
         if len(self._waiters) >= self.policy.max_queued:
             raise self._refusal(f"{len(self._waiters)} transcriptions are already waiting", wait_s)
         if wait_s > self.policy.max_wait_s:
-            raise self._refusal(
-                f"the projected wait is {wait_s:.0f} s (the limit is {self.policy.max_wait_s:g} s)",
-                wait_s - self.policy.max_wait_s,
-            )
+            raise self.too_long_a_wait(wait_s)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (turn, audio_s)
         self._waiters.append(entry)
