@@ -191,7 +191,7 @@ class ModelCapacity:
             return
         wait_s = self.projected_wait_s()
         if len(self._waiters) >= self.policy.max_queued:
-            raise self._refusal(f"{len(self._waiters)} transcriptions are already waiting", wait_s)
+            raise self.refusal(f"{len(self._waiters)} transcriptions are already waiting", wait_s)
         if wait_s > self.policy.max_wait_s:
             raise self.too_long_a_wait(wait_s)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -230,12 +230,13 @@ class ModelCapacity:
 
     def too_long_a_wait(self, wait_s: float) -> OverloadedError:
         """The refusal for a projected wait over the limit, retry when it would fit."""
-        return self._refusal(
+        return self.refusal(
             f"the projected wait is {wait_s:.0f} s (the limit is {self.policy.max_wait_s:g} s)",
             wait_s - self.policy.max_wait_s,
         )
 
-    def _refusal(self, why: str, retry_in_s: float) -> OverloadedError:
+    def refusal(self, why: str, retry_in_s: float) -> OverloadedError:
+        """A 503 saying why; Retry-After from ``retry_in_s`` when known (> 0)."""
         error = OverloadedError(f"The server is busy: {why}; retry shortly.")
         if retry_in_s > 0:  # else the config's Retry-After
             error.retry_after_s = max(1, math.ceil(retry_in_s))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -180,12 +179,7 @@ class TranscriptionPipeline:
         unplanned = self._in_flight - capacity.running - capacity.queued + arriving
         wait_s = capacity.projected_wait_s(unplanned)
         if self._in_flight >= self.max_held:
-            error = OverloadedError(
-                f"The server holds {self._in_flight} transcriptions, its limit; retry shortly."
-            )
-            if wait_s > 0:  # else nothing is on the model yet: the config's Retry-After
-                error.retry_after_s = math.ceil(wait_s)
-            raise error
+            raise capacity.refusal(f"it holds {self._in_flight} transcriptions, its limit", wait_s)
         if wait_s > self.limits.max_queue_wait_s:
             raise self.capacity.too_long_a_wait(wait_s)
 
