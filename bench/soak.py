@@ -110,10 +110,15 @@ class Tally:
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.broken: list[str] = []
-        self.shed_seconds: list[float] = []
+        self.shed_seconds: dict[str, list[float]] = {}
 
     def ok(self, kind: str, what: str) -> None:
         self.counts[(kind, what)] += 1
+
+    def shed(self, kind: str, seconds: float) -> None:
+        """A 503 with Retry-After, ``seconds`` after the request was sent."""
+        self.ok(kind, "503 shed")
+        self.shed_seconds.setdefault(kind, []).append(seconds)
 
     def bad(self, kind: str, what: str) -> None:
         self.counts[(kind, what)] += 1
@@ -142,8 +147,7 @@ def _check_answer(kind: str, r: httpx.Response, solo: str, tally: Tally, seconds
         else:
             tally.bad(kind, f"BAD mixed up: {r.text[:80]!r} != {solo[:80]!r}")
     elif r.status_code == 503 and r.headers.get("retry-after"):
-        tally.ok(kind, "503 shed")
-        tally.shed_seconds.append(seconds)
+        tally.shed(kind, seconds)
     else:
         tally.bad(kind, f"BAD {r.status_code} {r.text[:80]}")
 
@@ -187,8 +191,7 @@ async def _invalid(client: httpx.AsyncClient, tally: Tally, rng: random.Random) 
     if r.status_code == 415:
         tally.ok("invalid", "415")
     elif r.status_code == 503 and r.headers.get("retry-after"):
-        tally.ok("invalid", "503 shed")
-        tally.shed_seconds.append(time.monotonic() - started)
+        tally.shed("invalid", time.monotonic() - started)
     else:
         tally.bad("invalid", f"BAD {r.status_code}")
 
@@ -333,7 +336,7 @@ def run_soak(url: str, dashboard_url: str | None, *, seconds: float, fraction: f
             sampler.stop()
     wall = time.monotonic() - started
     growth = sampler.growth_mb(warmup_s=seconds / 4) if sampler else {}
-    shed = sorted(tally.shed_seconds)
+    shed = sorted(s for seconds in tally.shed_seconds.values() for s in seconds)
     result = {
         "machine": machine(),
         "load_avg": load_avg(),
@@ -346,12 +349,17 @@ def run_soak(url: str, dashboard_url: str | None, *, seconds: float, fraction: f
         "broken": tally.broken_count,
         "broken_examples": tally.broken,
         "shed_p50_s": shed[len(shed) // 2] if shed else None,
-        "shed_p99_s": shed[max(int(len(shed) * 0.99) - 1, 0)] if shed else None,
+        "shed_p99_s": _p99(shed),
+        "shed_p99_s_by_kind": {k: _p99(sorted(v)) for k, v in sorted(tally.shed_seconds.items())},
         "rss_growth_mb": growth,
         "rss_max_growth_mb": max(growth.values(), default=0.0),
     }
     result["passed"] = result["broken"] == 0 and result["rss_max_growth_mb"] < RSS_LIMIT_MB
     return result
+
+
+def _p99(ordered: list[float]) -> float | None:
+    return ordered[max(int(len(ordered) * 0.99) - 1, 0)] if ordered else None
 
 
 def _ms(seconds: float | None) -> str:
@@ -372,7 +380,9 @@ def report_md(result: dict[str, Any]) -> str:
         f"{result['variants']} clip variants\n\n"
         + md_table(["kind / outcome", "count"], rows)
         + f"\n\nbroken promises: {result['broken']} {result['broken_examples'][:3]}; "
-        f"503 p50 / p99 {_ms(result['shed_p50_s'])} / {_ms(shed)}\n\n"
+        f"503 p50 / p99 {_ms(result['shed_p50_s'])} / {_ms(shed)}"
+        + "".join(f"; {k} p99 {_ms(v)}" for k, v in result["shed_p99_s_by_kind"].items())
+        + "\n\n"
         + md_table(["process", "RSS growth after warm-up"], growth)
         + f"\n\npassed: {result['passed']}\n"
     )

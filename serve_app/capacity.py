@@ -172,14 +172,15 @@ class ModelCapacity:
         """Audio-seconds per second the queue drains at (see the class docstring)."""
         return max(self.saturated.rate, self.meter.rate)
 
-    async def acquire(self, audio_s: float) -> None:
+    async def acquire(self, audio_s: float, max_wait_s: float | None = None) -> None:
         """Take a slot for a request of ``audio_s``, waiting in line when none is free.
 
         Raises ``OverloadedError`` (with ``retry_after_s``) without waiting when the
-        queue is full or the projected wait exceeds ``max_wait_s``. Before the first
-        saturated measurement only the queue's length refuses: a cold server does not
-        turn a burst away on a guess.
+        queue is full or the projected wait exceeds ``max_wait_s`` (the policy's unless
+        given). Before the first saturated measurement only the queue's length refuses:
+        a cold server does not turn a burst away on a guess.
         """
+        limit_s = self.policy.max_wait_s if max_wait_s is None else max_wait_s
         log_audio = math.log(max(audio_s, 0.1))
         self._log_audio = (
             log_audio if self._log_audio is None else self._log_audio * 0.9 + log_audio * 0.1
@@ -192,8 +193,8 @@ class ModelCapacity:
         wait_s = self.projected_wait_s()
         if len(self._waiters) >= self.policy.max_queued:
             raise self.refusal(f"{len(self._waiters)} transcriptions are already waiting", wait_s)
-        if wait_s > self.policy.max_wait_s:
-            raise self.too_long_a_wait(wait_s)
+        if wait_s > limit_s:
+            raise self.too_long_a_wait(wait_s, limit_s)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (turn, audio_s)
         self._waiters.append(entry)
@@ -228,11 +229,12 @@ class ModelCapacity:
         self._free += 1
         self.saturated.mark(False)
 
-    def too_long_a_wait(self, wait_s: float) -> OverloadedError:
+    def too_long_a_wait(self, wait_s: float, limit_s: float | None = None) -> OverloadedError:
         """The refusal for a projected wait over the limit, retry when it would fit."""
+        limit_s = self.policy.max_wait_s if limit_s is None else limit_s
         return self.refusal(
-            f"the projected wait is {wait_s:.0f} s (the limit is {self.policy.max_wait_s:g} s)",
-            wait_s - self.policy.max_wait_s,
+            f"the projected wait is {wait_s:.0f} s (the limit is {limit_s:.0f} s)",
+            wait_s - limit_s,
         )
 
     def refusal(self, why: str, retry_in_s: float) -> OverloadedError:

@@ -178,21 +178,31 @@ class TranscriptionPipeline:
         capacity = self.capacity
         unplanned = self._in_flight - capacity.running - capacity.queued + arriving
         wait_s = capacity.projected_wait_s(unplanned)
-        if self._in_flight >= self.max_held:
-            raise capacity.refusal(f"it holds {self._in_flight} transcriptions, its limit", wait_s)
+        self._check_held(retry_in_s=wait_s)
         if wait_s > self.limits.max_queue_wait_s:
             raise self.capacity.too_long_a_wait(wait_s)
 
-    def admit(self) -> Admission:
+    def admit(self, *, wait_judged: bool = False) -> Admission:
         """Admit one request or raise ``OverloadedError`` (see ``check_room``).
 
-        Bounds how many requests this Ingress holds at all; the wait for the model is
-        decided again in ``plan()``, once the audio's length is known. Release the
-        admission (``with`` or ``release()``) when done.
+        ``wait_judged``: the edge already judged the projected wait when the request
+        arrived, before its body; judging it again now would refuse a request late,
+        after its upload, so only the bound on requests held still applies. Once the
+        audio's length is known, ``plan()`` refuses only a request that could not start
+        before its deadline. Release the admission (``with`` or ``release()``) when done.
         """
-        self.check_room()
+        if wait_judged:
+            self._check_held(retry_in_s=0)
+        else:
+            self.check_room()
         self._in_flight += 1
         return Admission(self)
+
+    def _check_held(self, retry_in_s: float) -> None:
+        if self._in_flight >= self.max_held:
+            raise self.capacity.refusal(
+                f"it holds {self._in_flight} transcriptions, its limit", retry_in_s
+            )
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -258,10 +268,17 @@ class Admission:
         return plan
 
     async def _take_slot(self, audio_s: float) -> None:
-        """Wait in line for the model, then set the deadline from what is ahead."""
+        """Wait in line for the model, then set the deadline from what is ahead.
+
+        The projected wait was judged at admission (``check_room``), before the body
+        was read; a request refused only now would have paid for its upload and decode
+        and been told late. So now it is refused only if it could not start before its
+        deadline, or the queue is full.
+        """
         pipeline = self._pipeline
         async with self._before_deadline():
-            await pipeline.capacity.acquire(audio_s)
+            time_left_s = self._latest_deadline - time.monotonic()
+            await pipeline.capacity.acquire(audio_s, max_wait_s=time_left_s)
         self._audio_left_s = audio_s
         limits = pipeline.limits
         expected_s = pipeline.capacity.audio_ahead_s / pipeline.throughput.rate

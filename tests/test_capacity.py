@@ -313,17 +313,22 @@ def test_the_deadline_follows_the_measured_throughput():
     assert 0.15 < asyncio.run(run()) < 5.0
 
 
+async def _measure_1x(pipeline: TranscriptionPipeline) -> None:
+    """One real busy (and saturated) second at 1x: the rate counts as measured."""
+    meters = (pipeline.throughput, pipeline.capacity.saturated)
+    for meter in meters:
+        meter.mark(True)
+    await asyncio.sleep(1.05)
+    for meter in meters:
+        meter.add(1.05)
+        meter.mark(False)
+
+
 def test_a_refused_request_releases_everything():
     async def run() -> TranscriptionPipeline:
         decoder = HeldDecoder()
         pipeline = _pipeline(decoder, slots=1, max_queue_wait_s=0.5, initial_throughput=1.0)
-        meters = (pipeline.throughput, pipeline.capacity.saturated)
-        for meter in meters:  # one real busy (and saturated) second at 1x: measured
-            meter.mark(True)
-        await asyncio.sleep(1.05)
-        for meter in meters:
-            meter.add(1.05)
-            meter.mark(False)
+        await _measure_1x(pipeline)
         first = pipeline.admit()
         held = asyncio.create_task(first.transcribe(np.zeros(SR * 10, np.float32), OPTS))
         await _until(lambda: len(decoder.open) == 1)
@@ -339,3 +344,42 @@ def test_a_refused_request_releases_everything():
     pipeline = asyncio.run(run())
     assert pipeline.in_flight == 0 and pipeline.capacity.audio_ahead_s == 0
     assert pipeline.decoded_audio.held_seconds == 0
+
+
+def test_a_request_judged_on_arrival_is_refused_after_its_upload_only_past_its_deadline():
+    """The edge judges the wait before the body is read; once the upload is in, a
+    request is queued even if the wait has grown past max_queue_wait_s, and refused
+    only when it could not start before its own deadline."""
+
+    async def run() -> tuple[bool, OverloadedError]:
+        decoder = HeldDecoder()
+        pipeline = _pipeline(
+            decoder, slots=1, max_queue_wait_s=0.5, request_timeout_s=10.5,
+            initial_throughput=1.0,
+        )  # fmt: skip
+        await _measure_1x(pipeline)
+        first = pipeline.admit()
+        held = asyncio.create_task(first.transcribe(np.zeros(SR * 10, np.float32), OPTS))
+        await _until(lambda: len(decoder.open) == 1)
+        with pytest.raises(OverloadedError):  # not judged on arrival: 10 s > 0.5 s
+            pipeline.admit()
+        late = pipeline.admit(wait_judged=True)  # 10 s ahead, 10.5 s to its deadline
+        queued = asyncio.create_task(late.transcribe(np.zeros(SR, np.float32), OPTS))
+        await _until(lambda: pipeline.capacity.queued == 1)
+        with pytest.raises(OverloadedError) as info, pipeline.admit(wait_judged=True) as third:
+            await third.transcribe(np.zeros(SR, np.float32), OPTS)  # 11 s ahead, < 10.5 s left
+        for key in decoder.open:
+            decoder.finish(key)
+        await held
+        first.release()  # its slot passes to the queued request
+        await _until(lambda: len(decoder.open) == 1)
+        for key in decoder.open:
+            decoder.finish(key)
+        await queued
+        late.release()
+        return pipeline.in_flight == 0, info.value
+
+    all_released, refusal = asyncio.run(run())
+    assert all_released
+    assert refusal.retry_after_s == 1  # 11 s projected - < 10.5 s left, rounded up
+    assert "projected wait is 11 s" in refusal.message

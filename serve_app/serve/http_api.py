@@ -170,7 +170,7 @@ async def create_transcription(request: Request, backend: Backend, form: Multipa
             f"{', '.join(config.accepted_model_ids)}.",
             param="model",
         )
-    admission = backend.pipeline.admit()
+    admission = backend.pipeline.admit(wait_judged=True)  # by the edge, on arrival
     streamed = False
     try:
         audio = await form.file.read()
