@@ -32,7 +32,7 @@ import yaml
 
 from scripts.demo_model import corpus, losses, model_config
 from scripts.demo_model.data import ExampleStream
-from scripts.demo_model.tts import Voice
+from scripts.demo_model.tts import Voice, VoicePool, continuous_voices
 from serve_app.engine.audio import as_waveform
 from serve_app.engine.options import DecodeOptions
 from serve_app.engine.transcriber import Request, Transcriber
@@ -171,11 +171,21 @@ def test_vocabulary_and_test_data():
     assert held_variants - set(recipe["training_voice_variants"]), "no unseen voice variant"
 
 
+def _replayed_plan(recipe: dict) -> tuple[VoicePool, list[Voice], corpus.Plan]:
+    """The recipe's seeded training plan as the manifest records it (no synthesis)."""
+    pool = VoicePool(tuple(recipe["training_accents"]), tuple(recipe["training_voice_variants"]))
+    voices, _, plan = corpus.training_plan(
+        recipe["seed"], recipe["voices"], recipe["utterances"], pool
+    )
+    return pool, voices, plan
+
+
 def test_heldout_sentences_were_not_trained_on():
     """Replays the recipe's seeded sentence plan (no synthesis) and checks the overlap."""
     recipe = manifest()["recipe"]
-    voices, _, plan = corpus.training_plan(recipe["seed"], recipe["voices"], recipe["utterances"])
+    pool, voices, plan = _replayed_plan(recipe)
     assert {v.variant for v in voices} <= set(recipe["training_voice_variants"])
+    assert not {v.variant for v in continuous_voices()} & set(pool.variants)
     trained = {" ".join(clean) for _, clean, _ in plan}
     for c in clips("heldout") + clips("hard"):
         assert c["text_nonverbatim"] not in trained, c["file"]
@@ -374,7 +384,7 @@ def test_continuous_sets_are_unseen_sentences_in_unseen_voices():
     """Continuous clips: sentences the plan never trains on, voice variants it never uses,
     word times inside the clip and in order."""
     recipe = manifest()["recipe"]
-    voices, _, plan = corpus.training_plan(recipe["seed"], recipe["voices"], recipe["utterances"])
+    _pool, voices, plan = _replayed_plan(recipe)
     trained = {" ".join(clean) for _, clean, _ in plan}
     trained_voices = {(v.voice, v.variant) for v in voices}
     cont = clips("continuous") + clips("continuous_long")

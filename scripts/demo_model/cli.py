@@ -13,6 +13,7 @@ from pathlib import Path
 
 from scripts.demo_model import recipe
 from scripts.demo_model.losses import ATT_LOSS_TOKENS
+from scripts.demo_model.tts import BASE_VOICES, TRAIN_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "models" / "demo"
@@ -23,6 +24,14 @@ def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=int, default=20240, help="seeds every draw of the recipe")
     common.add_argument("--voices", type=int, default=60, help="training voice settings")
+    common.add_argument(
+        "--accents", default=",".join(BASE_VOICES), help="espeak-ng voices training draws from"
+    )
+    common.add_argument(
+        "--variants",
+        default=",".join(TRAIN_VARIANTS),
+        help="espeak-ng variants training draws from ('' is none)",
+    )
     # Two threads gave 1.3x over one on an idle 2-core machine; on a busy one, pass
     # --threads 1 (oversubscribed threads ran several times slower there).
     common.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -165,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_utterances(test_data)
     test_data.set_defaults(
-        run=lambda a: recipe.run_test_data(a.out, a.seed, a.voices, a.utterances)
+        run=lambda a: recipe.run_test_data(
+            a.out, a.seed, a.voices, a.utterances, recipe.voice_pool(a)
+        )
     )
 
     calibrate = subcommand(
@@ -175,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         "write it into its config.yaml.",
     )
     calibrate.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="model folder")
-    calibrate.set_defaults(run=lambda a: recipe.run_calibrate(a.out, a.seed, a.voices))
+    calibrate.set_defaults(
+        run=lambda a: recipe.run_calibrate(a.out, a.seed, a.voices, recipe.voice_pool(a))
+    )
     return parser
 
 

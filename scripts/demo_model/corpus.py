@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from scripts.demo_model.tts import Voice, train_voices
+from scripts.demo_model.tts import Voice, VoicePool, train_voices
 
 FILLERS = ("um", "uh")
 UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -222,14 +222,14 @@ def heldout_sentences(seed: int, count: int = HELDOUT_COUNT + CONTINUOUS_COUNT) 
 
 
 def training_plan(
-    seed: int, n_voices: int, n_utterances: int
+    seed: int, n_voices: int, n_utterances: int, pool: VoicePool
 ) -> tuple[list[Voice], list[list[str]], Plan]:
     """Training voices, held-out sentences and (verbatim, clean, voice) of each utterance.
 
     Cheap (no synthesis), so tests can check that held-out sentences are unseen.
     """
     rng = random.Random(seed)
-    voices = train_voices(rng, n_voices)
+    voices = train_voices(rng, n_voices, pool)
     # Held-out sentences first, so training can exclude them.
     test_sentences = heldout_sentences(seed)
     held = {" ".join(s) for s in test_sentences}

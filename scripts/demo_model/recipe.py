@@ -34,8 +34,8 @@ from scripts.demo_model.model_config import (
 from scripts.demo_model.testdata import build_test_data
 from scripts.demo_model.train import keep_freed_memory, train
 from scripts.demo_model.tts import (
-    TRAIN_VARIANTS,
     Lexicon,
+    VoicePool,
     hard_voices,
     heldout_voices,
     require_espeak,
@@ -54,26 +54,27 @@ def start(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
 
 
-def manifest_recipe(seed: int, n_voices: int, n_utterances: int) -> dict[str, Any]:
+def manifest_recipe(seed: int, n_voices: int, n_utterances: int, pool: VoicePool) -> dict[str, Any]:
     """The settings the test manifest records, so tests can replay the plan."""
     return {
         "seed": seed,
         "voices": n_voices,
         "utterances": n_utterances,
-        "training_voice_variants": TRAIN_VARIANTS,
+        "training_accents": list(pool.accents),
+        "training_voice_variants": list(pool.variants),
     }
 
 
-def run_test_data(out: Path, seed: int, n_voices: int, n_utterances: int) -> None:
+def run_test_data(out: Path, seed: int, n_voices: int, n_utterances: int, pool: VoicePool) -> None:
     """(Re)write only the test clips: the held-out sentences need no training plan."""
     lexicon = synthesise_lexicon(heldout_voices() + hard_voices(), VOCABULARY, jobs=2)
-    recipe = manifest_recipe(seed, n_voices, n_utterances)
+    recipe = manifest_recipe(seed, n_voices, n_utterances, pool)
     build_test_data(out, heldout_sentences(seed), lexicon, recipe)
 
 
-def run_calibrate(out: Path, seed: int, n_voices: int) -> None:
+def run_calibrate(out: Path, seed: int, n_voices: int, pool: VoicePool) -> None:
     """Re-measure a trained folder's timings adjustment in the first training voices."""
-    voices = train_voices(random.Random(seed), n_voices)  # as training_plan draws them
+    voices = train_voices(random.Random(seed), n_voices, pool)  # as training_plan draws them
     lexicon = synthesise_lexicon(voices[:6], VOCABULARY, jobs=2)
     recalibrate(out, lexicon, voices, seed)
 
@@ -141,12 +142,18 @@ def save_model(out: Path, config: dict[str, Any], model: torch.nn.Module) -> Non
     torch.save(state, out / "reverb_demo.pt")
 
 
+def voice_pool(args: argparse.Namespace) -> VoicePool:
+    """The training voice pool the command line asks for."""
+    return VoicePool(tuple(args.accents.split(",")), tuple(args.variants.split(",")))
+
+
 def run_train(args: argparse.Namespace) -> None:
     """The full recipe: synthesise, train, save, calibrate, and the test data if asked."""
     t_start = time.time()
     settings = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     print("settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
-    voices, test_sentences, plan = training_plan(args.seed, args.voices, args.utterances)
+    pool = voice_pool(args)
+    voices, test_sentences, plan = training_plan(args.seed, args.voices, args.utterances, pool)
     lexicon = synthesise_lexicon(voices + heldout_voices() + hard_voices(), VOCABULARY, jobs=2)
     print(f"synthesised {len(lexicon)} word clips in {time.time() - t_start:.0f}s", flush=True)
     out: Path = args.out
@@ -190,5 +197,5 @@ def run_train(args: argparse.Namespace) -> None:
     )
     write_config(out, config)
     if args.test_data:
-        recipe = manifest_recipe(args.seed, args.voices, args.utterances)
+        recipe = manifest_recipe(args.seed, args.voices, args.utterances, pool)
         build_test_data(args.test_data, test_sentences, lexicon, recipe)

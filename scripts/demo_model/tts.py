@@ -102,14 +102,24 @@ def synthesise_lexicon(voices: list[Voice], words: list[str], jobs: int = 2) -> 
     return dict(zip(pairs, clips, strict=True))
 
 
-def train_voices(rng: random.Random, n: int) -> list[Voice]:
-    """``n`` training settings cycling through base voices and variants, with seeded
-    speed and pitch (two draws per voice, in order: the first voices do not depend on
-    ``n``)."""
+@dataclass(frozen=True)
+class VoicePool:
+    """The accents and variants training voices are drawn from; the test manifest
+    records them, so tests can replay the plan and check the held-out voices' novelty."""
+
+    accents: tuple[str, ...] = tuple(BASE_VOICES)
+    variants: tuple[str, ...] = tuple(TRAIN_VARIANTS)
+
+
+def train_voices(rng: random.Random, n: int, pool: VoicePool) -> list[Voice]:
+    """``n`` training settings cycling through the pool's accents and variants, with
+    seeded speed and pitch (two draws per voice, in order: the first voices do not
+    depend on ``n``)."""
+    accents, variants = pool.accents, pool.variants
     return [
         Voice(
-            BASE_VOICES[k % len(BASE_VOICES)],
-            TRAIN_VARIANTS[(k * 7 + k // len(BASE_VOICES)) % len(TRAIN_VARIANTS)],
+            accents[k % len(accents)],
+            variants[(k * 7 + k // len(accents)) % len(variants)],
             rng.randint(120, 250),
             rng.randint(15, 85),
         )
