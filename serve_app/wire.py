@@ -164,6 +164,15 @@ class AuthenticationError(ReverbServeError):
     code = "invalid_api_key"
 
 
+class RateLimitError(ReverbServeError):
+    """This client holds as many transcriptions as one client may (429, OpenAI's
+    ``rate_limit_exceeded``); other clients are unaffected."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+
 class NotFoundError(ReverbServeError):
     """An unknown model id or route."""
 

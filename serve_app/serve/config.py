@@ -129,7 +129,21 @@ class AppConfig(BaseModel):
         description="After the grace time, a body must have arrived at least this fast "
         "on average, or it is cut with 408 (16 kB/s: a 100 MB upload may take ~100 min).",
     )
-    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with every 503.")
+    max_requests_per_client: int | None = Field(
+        None,
+        ge=1,
+        description="Transcriptions one client may hold at once per Ingress replica "
+        "(uploading, waiting or on the model); more get 429 with Retry-After, so one "
+        "client cannot take the queue from the rest. Unset: no per-client limit.",
+    )
+    client_id_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Tell clients apart by this request header (e.g. X-Real-IP) instead "
+        "of the connection's peer address. Set it only behind a proxy that overwrites "
+        "the header, or any client can claim any identity.",
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with every 503 and 429.")
     request_timeout_s: float = Field(
         900.0,
         gt=0,

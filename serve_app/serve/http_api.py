@@ -83,6 +83,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         408: "The request body arrived too slowly.",
         413: "The upload or its audio is over the configured limit.",
         415: "The upload is not audio that can be decoded.",
+        429: "This client holds max_requests_per_client transcriptions already; retry "
+        "after Retry-After seconds.",
         503: "At capacity or no model replica; retry after Retry-After seconds.",
         504: "The transcription ran past the server's request_timeout_s.",
     }.items()

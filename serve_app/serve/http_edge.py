@@ -10,7 +10,8 @@ and the client's time. So one ASGI middleware, ahead of routing and body parsing
 3. refuses requests that carry a header Ray Serve's proxy gives meaning to (a client
    must not set the server's timeout, switch off disconnect handling or steer routing);
 4. checks the bearer key on every route but the health probes;
-5. takes a transcription's body in: checks its content type and Content-Length, bounds
+5. holds each client to ``max_requests_per_client`` transcriptions at once (429);
+6. takes a transcription's body in: checks its content type and Content-Length, bounds
    how many bodies arrive at once (503 + Retry-After), cuts bodies that arrive too
    slowly (408), and caps the body as it streams in (Starlette's
    ``RequestBodyLimitMiddleware``: chunked uploads carry no length and clients lie).
@@ -44,6 +45,7 @@ from serve_app.wire import (
     BodyTimeoutError,
     InvalidRequestError,
     OverloadedError,
+    RateLimitError,
     ReservedHeaderError,
     ReverbServeError,
     upload_too_large,
@@ -71,7 +73,8 @@ RAY_CONTROL_HEADER_PREFIX = "x-serve-router-"
 
 
 class EdgeMiddleware:
-    """Observe -> CORS -> auth -> intake -> body limit -> the FastAPI router."""
+    """Observe -> CORS -> Ray headers -> auth -> per-client limit -> intake -> body
+    limit -> the FastAPI router."""
 
     def __init__(self, app: ASGIApp, *, backend: Callable[[], HttpBackend]) -> None:
         self.app = app
@@ -106,6 +109,13 @@ class EdgeMiddleware:
             RequestBodyLimitMiddleware(self.app, max_body_size=config.max_upload_bytes),
             backend=backend,
         )
+        if config.max_requests_per_client is not None:
+            inner = _PerClientLimit(
+                inner,
+                limit=config.max_requests_per_client,
+                id_header=config.client_id_header,
+                retry_after_s=config.retry_after_s,
+            )
         if backend.api_key is not None:
             inner = _BearerAuth(inner, api_key=backend.api_key)
         inner = _RefuseRayControlHeaders(inner)
@@ -210,6 +220,55 @@ class _BearerAuth:
                 digest = hashlib.sha256(token.strip()).digest()
                 return scheme.lower() == b"bearer" and hmac.compare_digest(digest, self._digest)
         return False
+
+
+class _PerClientLimit:
+    """429 for a transcription from a client that already holds
+    ``max_requests_per_client`` of them on this replica, from arrival until its
+    response has been sent (SSE included), so one client cannot fill the queue that
+    every client shares. Clients are told apart by the peer address, or by
+    ``client_id_header`` when a trusted proxy sets it; counts of clients with nothing
+    held are dropped, so the table is no bigger than the requests held."""
+
+    def __init__(
+        self, app: ASGIApp, *, limit: int, id_header: str | None, retry_after_s: int
+    ) -> None:
+        self.app = app
+        self._limit = limit
+        self._retry_after_s = retry_after_s
+        self._id_header = id_header.lower().encode("latin-1") if id_header else None
+        self._held: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") != "POST" or route_path(scope) != TRANSCRIPTIONS_PATH:
+            await self.app(scope, receive, send)
+            return
+        client = self._client(scope)
+        held = self._held.get(client, 0)
+        if held >= self._limit:
+            error = RateLimitError(
+                f"This client already has {held} transcriptions in progress, the most one "
+                "client may have; retry when one has finished."
+            )
+            await error_response(error, retry_after_s=self._retry_after_s)(scope, receive, send)
+            return
+        self._held[client] = held + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = self._held[client] - 1
+            if left:
+                self._held[client] = left
+            else:
+                del self._held[client]
+
+    def _client(self, scope: Scope) -> str:
+        if self._id_header is not None:
+            for name, value in scope.get("headers", []):
+                if name == self._id_header:
+                    return "h:" + value.decode("latin-1")[:256]
+        peer = scope.get("client")
+        return "a:" + (peer[0] if peer else "unknown")
 
 
 class _Intake:

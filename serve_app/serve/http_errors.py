@@ -57,10 +57,10 @@ def client_message(exc: ReverbServeError, request_id: str | None) -> str:
 def error_response(
     exc: ReverbServeError, *, retry_after_s: int = 1, request_id: str | None = None
 ) -> JSONResponse:
-    """The response for one of our typed errors; 503s tell the client when to retry,
-    and server-side errors quote the request id that the logs carry."""
+    """The response for one of our typed errors; 503s and 429s tell the client when to
+    retry, and server-side errors quote the request id that the logs carry."""
     headers: dict[str, str] = {}
-    if exc.status_code == 503:
+    if exc.status_code in (429, 503):
         headers["Retry-After"] = str(getattr(exc, "retry_after_s", None) or retry_after_s)
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"

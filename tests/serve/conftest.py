@@ -9,7 +9,8 @@ Apps (one Serve instance, one HTTP port):
 
 * ``reverb`` at ``/``: the tiny model, generous limits; most tests use it.
 * ``guarded`` at ``/guarded``: an API key, one request at a time, a 200 kB upload
-  limit and a CORS allowlist, for the admission tests.
+  limit, a CORS allowlist and one transcription per client (told apart by the
+  ``X-Client-Id`` header, else the peer address), for the admission tests.
 * ``caller`` (no HTTP route): a second deployment that calls ``reverb`` through a handle.
 * ``reliable`` at ``/reliable``: two Transcriber replicas and one chunk per request on
   the model at a time, for the fault tests in ``reliability/`` (replica deaths,
@@ -33,6 +34,7 @@ from serve_helpers import (
     API_KEY,
     BASE_BATCHING,
     CALLER_APP,
+    CLIENT_ID_HEADER,
     DEPLOY_TIMEOUT_S,
     GUARDED_APP,
     GUARDED_PREFIX,
@@ -136,6 +138,8 @@ class ServeCluster:
                         "max_upload_bytes": GUARDED_UPLOAD_LIMIT,
                         "retry_after_s": 2,
                         "cors_origins": [ALLOWED_ORIGIN],
+                        "max_requests_per_client": 1,
+                        "client_id_header": CLIENT_ID_HEADER,
                     },
                     "deployments": [
                         {"name": "Ingress", **small},

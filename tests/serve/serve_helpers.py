@@ -21,6 +21,7 @@ TWO_INGRESS_PREFIX = "/two-ingress"
 API_KEY = "test-key-123"
 GUARDED_UPLOAD_LIMIT = 200_000
 ALLOWED_ORIGIN = "http://allowed.example"
+CLIENT_ID_HEADER = "X-Client-Id"
 # Production default wait; the batching test must pass with it, not a tuned value.
 BASE_BATCHING = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
 DEPLOY_TIMEOUT_S = 180

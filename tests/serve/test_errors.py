@@ -13,6 +13,7 @@ import pytest
 from serve_helpers import (
     ALLOWED_ORIGIN,
     API_KEY,
+    CLIENT_ID_HEADER,
     GUARDED_UPLOAD_LIMIT,
     assert_openai_error,
     multipart_file,
@@ -28,9 +29,9 @@ def clip(make_wav) -> bytes:
     return make_wav(2.0, 5)
 
 
-def _post(client, audio: bytes | None, **fields):
+def _post(client, audio: bytes | None, headers: dict[str, str] | None = None, **fields):
     files = {"file": ("clip.wav", audio, "audio/wav")} if audio is not None else None
-    return client.post(TRANSCRIPTIONS, files=files, data=fields)
+    return client.post(TRANSCRIPTIONS, files=files, data=fields, headers=headers)
 
 
 # --------------------------------------------------------------------------- 4xx for bad input
@@ -203,10 +204,11 @@ def test_chunked_upload_over_the_limit_is_413(guarded):
 # --------------------------------------------------------------------------- concurrency limit
 
 
-def test_over_the_upload_limit_is_503_with_retry_after(guarded, serve_cluster, clip):
+def test_over_the_upload_limit_is_503_and_over_the_clients_limit_429(guarded, serve_cluster, clip):
     """Hold the guarded app's single intake place with an upload that stalls mid-body,
-    then show the next request is refused at once with Retry-After; once the stalled
-    body completes, the place is free again."""
+    then show the next request from another client is refused at once with 503 and
+    one from the same client (the same peer address, through Ray's proxy) with 429,
+    both with Retry-After; once the stalled body completes, both places are free."""
     import httpx
 
     release = threading.Event()
@@ -240,13 +242,18 @@ def test_over_the_upload_limit_is_503_with_retry_after(guarded, serve_cluster, c
         assert first_piece_sent.wait(20)
         time.sleep(0.5)
         deadline = time.monotonic() + 20
-        while (refused := _post(guarded, clip)).status_code == 200:
+        another_client = {CLIENT_ID_HEADER: "another"}
+        while (refused := _post(guarded, clip, another_client)).status_code == 200:
             # Until the stalled upload reaches the app, requests still get through.
             assert time.monotonic() < deadline, "the stalled upload never reached the app"
             time.sleep(0.05)
         error = assert_openai_error(refused, 503)
         assert error["code"] == "overloaded"
         assert refused.headers["retry-after"] == "2"
+        same_client = _post(guarded, clip)
+        error = assert_openai_error(same_client, 429)
+        assert error["code"] == "rate_limit_exceeded"
+        assert same_client.headers["retry-after"] == "2"
     finally:
         release.set()
         holder.join(60)

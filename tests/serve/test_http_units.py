@@ -222,7 +222,7 @@ def test_requests_are_observed_by_route_template_and_status():
 # --------------------------------------------------------------------------- upload limit (ASGI)
 
 
-def _scope(headers: dict[str, str]) -> dict[str, Any]:
+def _scope(headers: dict[str, str], peer: str = "127.0.0.1") -> dict[str, Any]:
     return {
         "type": "http",
         "http_version": "1.1",
@@ -233,16 +233,22 @@ def _scope(headers: dict[str, str]) -> dict[str, Any]:
         "root_path": "",
         "query_string": b"",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 1),
+        "client": (peer, 1),
         "server": ("127.0.0.1", 80),
     }
 
 
 async def _call(
-    app, scope, bodies: list[bytes], *, stall: asyncio.Event | None = None
+    app,
+    scope,
+    bodies: list[bytes],
+    *,
+    stall: asyncio.Event | None = None,
+    headers_out: dict[str, str] | None = None,
 ) -> tuple[int, dict, int]:
-    """Run one ASGI request; return status, JSON body and how many receives happened.
-    With ``stall``, the body stops after its first piece until the event is set."""
+    """Run one ASGI request; return status, JSON body and how many receives happened
+    (the response's headers into ``headers_out``). With ``stall``, the body stops
+    after its first piece until the event is set."""
     reads = 0
     sent: list[dict] = []
 
@@ -263,7 +269,10 @@ async def _call(
         sent.append(message)
 
     await app(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    status = start["status"]
+    if headers_out is not None:
+        headers_out.update((k.decode(), v.decode()) for k, v in start.get("headers", []))
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, json.loads(body), reads
 
@@ -339,10 +348,47 @@ def test_trickling_uploads_do_not_lock_out_a_normal_request():
     normal, refused, finished = asyncio.run(run())
     assert normal[0] == 200, normal
     assert refused[0] == 503 and refused[1]["error"]["code"] == "overloaded"
-    # All four bodies complete at once: two are admitted, two refused at once (this
-    # Ingress has no queue yet), none hangs.
-    statuses = [f[0] for f in finished]
-    assert statuses.count(200) >= 2 and set(statuses) <= {200, 503}, statuses
+    # All four bodies complete at once: two take the slots, two wait; none hangs.
+    assert [f[0] for f in finished] == [200] * 4
+    assert backend.pipeline.in_flight == 0
+
+
+@pytest.mark.parametrize("id_header", [None, "X-Real-IP"])
+def test_one_client_over_its_limit_gets_429_and_others_are_served(id_header):
+    """Two uploads held open by one client take its two places: its third is a 429 with
+    Retry-After at once, before its body; another client is served meanwhile, and the
+    first client's places come back when its requests end."""
+    backend = FakeBackend(max_requests_per_client=2, client_id_header=id_header, retry_after_s=3)
+    app = create_http_app(lambda: backend)
+    pieces, headers = _pieces(chunks_audio(1))
+    refused_headers: dict[str, str] = {}
+
+    def scope(client: str) -> dict[str, Any]:
+        if id_header:  # the same peer (the proxy), told apart by the header
+            return _scope({**headers, id_header: client})
+        return _scope(headers, peer=client)
+
+    async def run():
+        stall = asyncio.Event()
+        held = [
+            asyncio.ensure_future(_call(app, scope("10.0.0.1"), pieces, stall=stall))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.05)
+        refused = await _call(app, scope("10.0.0.1"), pieces, headers_out=refused_headers)
+        other = await _call(app, scope("10.0.0.2"), pieces)
+        stall.set()
+        finished = await asyncio.gather(*held)
+        again = await _call(app, scope("10.0.0.1"), pieces)
+        return refused, other, finished, again
+
+    refused, other, finished, again = asyncio.run(run())
+    status, body, reads = refused
+    assert status == 429 and reads == 0 and refused_headers["retry-after"] == "3"
+    assert body["error"]["code"] == "rate_limit_exceeded" and body["error"]["type"] == "requests"
+    assert other[0] == 200
+    assert [f[0] for f in finished] == [200, 200]
+    assert again[0] == 200
     assert backend.pipeline.in_flight == 0
 
 
