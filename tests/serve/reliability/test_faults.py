@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,6 +95,32 @@ def test_a_client_that_leaves_stops_its_chunks_within_a_second(serve_cluster, lo
     clip = silent_opus(3)
     again = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.opus", clip)}, timeout=60)
     assert again.status_code == 200
+
+
+def test_many_cancellations_never_leave_the_batched_transcriber_stuck(serve_cluster):
+    """Ray issue #50046: a ``@serve.batch`` deployment stuck for good after many of its
+    callers were cancelled. Pass: three rounds of eight clients that leave once all
+    their requests are on the model (chunks queued for a batch, in one, or between
+    two); each round is released within 5 s, and afterwards eight fresh requests at
+    once are all 200."""
+    url = serve_cluster.reliable_url
+    audio = silent_opus(200)  # 10 chunks, one at a time per request: still running
+    for _ in range(3):
+        socks = [_raw_upload(url, audio) for _ in range(8)]
+        try:
+            _wait_for(lambda: _readyz(url)["on_model"] == 8, 60, "all eight on the model")
+        finally:
+            for sock in socks:
+                sock.close()
+        _wait_for(lambda: _readyz(url)["in_flight"] == 0, 5, "the round was released")
+    clip = silent_opus(3)
+
+    def post(_: int) -> int:
+        r = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.opus", clip)}, timeout=60)
+        return r.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(post, range(8))) == [200] * 8
 
 
 def _replica_pids(dashboard_url: str, app: str, deployment: str) -> list[int]:
