@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP_QUIET ?= -q
 LINT_PATHS := serve_app tests scripts bench examples
 
-.PHONY: run test test-fast lint format lock tiny-model full-size-model demo-model clean-venv
+.PHONY: run test test-fast lint format lock tiny-model full-size-model demo-model clean-venv docker-smoke
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11+ or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -57,6 +57,12 @@ full-size-model: $(STAMP)
 demo-model: $(STAMP)
 	command -v espeak-ng >/dev/null || { apt-get update && apt-get install -y espeak-ng; }
 	$(PY) -m scripts.demo_model train --out models/demo --test-data tests/data/demo
+
+# Builds the Docker image and runs it on CPU here: readiness, an OpenAI SDK
+# transcription, non-root, model cache reused on a second start, clean stop (about
+# 10 minutes and 8 GB; not part of `make test`; see docker/README.md).
+docker-smoke: $(STAMP)
+	bash docker/smoke.sh
 
 clean-venv:
 	rm -rf $(VENV)
