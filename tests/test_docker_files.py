@@ -1,17 +1,22 @@
-"""Static checks of docker/Dockerfile, docker/docker-compose.yml and .dockerignore.
+"""Static checks of docker/: the Dockerfile, the compose file and its monitoring
+profile (Prometheus, Grafana, the dashboard), the smoke script, and .dockerignore.
 
 No Docker engine is needed: the files are parsed and checked against what the image
 and the compose service must do (GPU, model cache volume, HF_TOKEN pass-through,
-health check on /readyz, the pinned install, no model baked in). The health-check
-commands themselves are run against a throwaway local HTTP server.
+health check on /readyz, the pinned install, no model baked in, the one-GPU config,
+Ray's metrics on a pinned port that Prometheus scrapes, a dashboard that names only
+metrics Ray really exports). The health-check commands themselves are run against a
+throwaway local HTTP server. `make docker-smoke` (docker/smoke.sh) is the run for real.
 """
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,8 +32,14 @@ DOCKERFILE = DOCKER_DIR / "Dockerfile"
 COMPOSE_FILE = DOCKER_DIR / "docker-compose.yml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SERVE_CONFIG = ROOT / "serve_config.yaml"
+SINGLE_GPU_CONFIG = ROOT / "configs" / "single_gpu.yaml"
+PROMETHEUS_CONFIG = DOCKER_DIR / "prometheus.yml"
+GRAFANA_DIR = DOCKER_DIR / "grafana"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "reverb-serve.json"
+SMOKE = DOCKER_DIR / "smoke.sh"
 SERVICE = "reverb-serve"
 PORT = 8765
+METRICS_PORT = 8080
 CACHE_DIR = "/models"
 
 
@@ -102,6 +113,22 @@ def byte_size(size: str | int) -> int:
     return int(match[1]) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match[2]]
 
 
+def readiness_timeout_s() -> float:
+    """How long /readyz may wait for a model replica (the Ingress's READINESS_TIMEOUT_S),
+    read from the source so that this file needs no Ray import."""
+    tree = ast.parse((ROOT / "serve_app" / "serve" / "ingress.py").read_text())
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == "READINESS_TIMEOUT_S" for t in targets):
+            return float(ast.literal_eval(node.value))
+    raise AssertionError("READINESS_TIMEOUT_S not found in serve_app/serve/ingress.py")
+
+
+def urlopen_timeout(code: str) -> float:
+    (match,) = re.findall(r"urlopen\([^)]*timeout=(\d+(?:\.\d+)?)\)", code)
+    return float(match)
+
+
 def healthcheck_codes() -> dict[str, str]:
     """The Python source of each health check: the Dockerfile's and the compose file's."""
     (args,) = args_of("HEALTHCHECK")
@@ -163,6 +190,350 @@ def test_compose_healthcheck_waits_for_readyz_long_enough_for_the_download():
     assert seconds(check["start_period"]) >= 300
 
 
+def test_healthcheck_timeouts_outlast_the_readiness_wait():
+    """/readyz may wait READINESS_TIMEOUT_S for a replica: the probe's urlopen timeout
+    must be longer, and Docker's timeout for the probe longer still, or a busy but
+    healthy server is counted unhealthy."""
+    wait = readiness_timeout_s()
+    codes = healthcheck_codes()
+    (image_check,) = args_of("HEALTHCHECK")
+    docker_timeouts = {
+        "Dockerfile": seconds(re.search(r"--timeout=(\S+)", image_check)[1]),
+        "compose": seconds(service()["healthcheck"]["timeout"]),
+    }
+    for where, code in codes.items():
+        probe = urlopen_timeout(code)
+        assert probe > wait, (where, probe, wait)
+        assert docker_timeouts[where] > probe, (where, docker_timeouts[where], probe)
+
+
+def test_compose_runs_the_single_gpu_config():
+    """The one-GPU compose runs configs/single_gpu.yaml (copied into the image), not
+    the cluster config."""
+    environment = service()["environment"]
+    command = service().get("command")
+    assert command is None, "keep the image's start command: it pins Ray's metrics port"
+    assert environment["REVERB_CONFIG"] == "configs/single_gpu.yaml"
+    assert env_vars()["REVERB_CONFIG"] == "configs/single_gpu.yaml"
+    assert "configs/" in copied_sources()
+    assert SINGLE_GPU_CONFIG.exists()
+
+
+def test_compose_passes_the_metrics_port_and_offline_switch_from_the_environment():
+    environment = service()["environment"]
+    assert str(environment["REVERB_METRICS_PORT"]) == str(METRICS_PORT)
+    assert environment["HF_HUB_OFFLINE"] == "${HF_HUB_OFFLINE:-0}"
+    # Auth stays off unless the config names the variable; no key is shipped.
+    assert environment.get("REVERB_API_KEY", "${REVERB_API_KEY:-}") == "${REVERB_API_KEY:-}"
+
+
+# --- compose profile "monitoring" ----------------------------------------------------
+
+
+def pinned(image: str) -> bool:
+    name, _, tag = image.rpartition(":")
+    return (
+        bool(name)
+        and "/" not in tag
+        and tag not in ("", "latest")
+        and any(c.isdigit() for c in tag)
+    )
+
+
+def host_path(mount: str) -> tuple[Path, str]:
+    source, target = mount.split(":")[:2]
+    return (COMPOSE_FILE.parent / source).resolve(), target
+
+
+def test_monitoring_profile_starts_prometheus_and_grafana_beside_the_service():
+    services = compose()["services"]
+    assert "profiles" not in services[SERVICE], "the service itself must start by default"
+    for name, image in (("prometheus", "prom/prometheus"), ("grafana", "grafana/grafana")):
+        svc = services[name]
+        assert svc["profiles"] == ["monitoring"], name
+        assert svc["image"].startswith(image + ":") and pinned(svc["image"]), svc["image"]
+        # Reachable from this host only: neither has auth worth the name by default.
+        for port in svc["ports"]:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert set(services) == {SERVICE, "prometheus", "grafana"}
+
+
+def test_prometheus_scrapes_rays_pinned_metrics_port():
+    mounts = dict(
+        host_path(m)[::-1]
+        for m in compose()["services"]["prometheus"]["volumes"]
+        if m.startswith("./")
+    )
+    assert mounts["/etc/prometheus/prometheus.yml"] == PROMETHEUS_CONFIG
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = [
+        target
+        for job in config["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    ]
+    assert f"{SERVICE}:{METRICS_PORT}" in targets, targets
+    # The port Prometheus scrapes is the one the image pins and exposes.
+    assert env_vars()["REVERB_METRICS_PORT"] == str(METRICS_PORT)
+    assert str(METRICS_PORT) in " ".join(args_of("EXPOSE")).split()
+    (cmd,) = [exec_form(a) for a in args_of("CMD")[-1:]]
+    assert '--metrics-export-port="$REVERB_METRICS_PORT"' in cmd[-1]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard():
+    grafana = compose()["services"]["grafana"]
+    mounts = dict(host_path(m)[::-1] for m in grafana["volumes"] if m.startswith("./"))
+    assert mounts["/etc/grafana/provisioning"] == GRAFANA_DIR / "provisioning"
+    dashboards_in_container = next(t for t, src in mounts.items() if src == DASHBOARD.parent)
+
+    (source,) = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert "prometheus" in compose()["services"]
+
+    (provider,) = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning/dashboards/reverb-serve.yml").read_text()
+    )["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == dashboards_in_container
+
+    board = json.loads(DASHBOARD.read_text())
+    choices = board["templating"]["list"]
+    (datasource,) = [v for v in choices if v["type"] == "datasource"]
+    assert datasource["current"]["value"] == source["uid"]
+
+
+def compose_v2() -> list[str] | None:
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(argv[0]) is None:
+            continue
+        found = subprocess.run([*argv, "version"], capture_output=True, text=True)
+        if found.returncode == 0 and re.search(r"\bv?2\.\d+", found.stdout):
+            return argv
+    return None
+
+
+def test_compose_config_validates_with_the_monitoring_profile():
+    argv = compose_v2()
+    if argv is None:
+        pytest.skip("no Docker Compose v2 here; the structure is checked by the tests above")
+    result = subprocess.run(
+        [*argv, "-f", str(COMPOSE_FILE), "--profile", "monitoring", "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- the dashboard's metrics ---------------------------------------------------------
+
+# Every metric the dashboard may name, with its Prometheus type, as Ray 2.60 exports it
+# on the metrics port: "ray_" + the name given to ray.serve.metrics / ray.util.metrics;
+# a counter always ends in "_total" (prometheus_client adds it when the name lacks it,
+# keeps one when it has it); a histogram is _bucket, _sum and _count series.
+REVERB_METRICS = {
+    # existing
+    "ray_reverb_requests_total": "counter",  # {route, status}
+    "ray_reverb_request_seconds": "histogram",  # {route}
+    "ray_reverb_audio_seconds_total": "counter",
+    "ray_reverb_transcriber_batches_total": "counter",
+    "ray_reverb_transcriber_rows_total": "counter",
+    "ray_reverb_transcriber_failed_rows_total": "counter",
+    "ray_reverb_transcriber_forwards_total": "counter",
+    "ray_reverb_transcriber_real_frames_total": "counter",
+    "ray_reverb_transcriber_padded_frames_total": "counter",
+    "ray_reverb_transcriber_batch_rows": "histogram",
+    "ray_reverb_transcriber_batch_seconds": "histogram",
+    # the operator's figures (issue 17, part 7)
+    "ray_reverb_audio_received_seconds_total": "counter",
+    "ray_reverb_rejections_total": "counter",  # {status, code}
+    "ray_reverb_queue_audio_seconds": "gauge",
+    "ray_reverb_queued_requests": "gauge",
+    "ray_reverb_sse_first_delta_seconds": "histogram",
+    "ray_reverb_chunk_retries_total": "counter",
+    "ray_reverb_transcriber_batch_rtf": "histogram",
+    "ray_reverb_transcriber_batch_padding_efficiency": "histogram",
+}
+PENDING_REVERB_METRICS = {
+    "ray_reverb_audio_received_seconds_total",
+    "ray_reverb_rejections_total",
+    "ray_reverb_queue_audio_seconds",
+    "ray_reverb_queued_requests",
+    "ray_reverb_sse_first_delta_seconds",
+    "ray_reverb_chunk_retries_total",
+    "ray_reverb_transcriber_batch_rtf",
+    "ray_reverb_transcriber_batch_padding_efficiency",
+}
+"""Names agreed for metrics the app is gaining; a test below skips while any is missing."""
+
+# Ray Serve's own, from ray/serve/_private (replica.py, deployment_state.py, router.py,
+# request_ingress_metrics.py, batching.py) in Ray 2.60.
+SERVE_METRICS = {
+    "ray_serve_num_http_requests_total": "counter",  # {route, method, application, status_code}
+    "ray_serve_http_request_latency_ms": "histogram",
+    "ray_serve_deployment_request_counter_total": "counter",  # {deployment, replica, route}
+    "ray_serve_deployment_processing_latency_ms": "histogram",
+    "ray_serve_deployment_replica_healthy": "gauge",  # one series per replica, 1 healthy
+    "ray_serve_autoscaling_target_replicas": "gauge",
+    "ray_serve_replica_processing_queries": "gauge",
+    "ray_serve_deployment_queued_queries": "gauge",
+    "ray_serve_batch_queue_length": "gauge",
+}
+METRICS = {**REVERB_METRICS, **SERVE_METRICS}
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def exported_name(name: str, kind: str) -> str:
+    """What Ray's Prometheus endpoint calls a metric created as ``name``."""
+    name = "ray_" + name
+    if kind == "counter" and not name.endswith("_total"):
+        name += "_total"
+    return name
+
+
+def series_to_metric(series: str) -> str | None:
+    if series in METRICS and METRICS[series] != "histogram":
+        return series
+    for suffix in HISTOGRAM_SERIES:
+        base = series.removesuffix(suffix)
+        if base != series and METRICS.get(base) == "histogram":
+            return base
+    return None
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    found = []
+    for panel in board["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                found.append((inner["title"], target["expr"]))
+    return found
+
+
+def test_metric_list_is_what_was_agreed():
+    assert len(REVERB_METRICS) == 19
+    assert set(REVERB_METRICS) >= PENDING_REVERB_METRICS
+    for name, kind in METRICS.items():
+        assert kind in ("counter", "gauge", "histogram")
+        assert name.startswith(("ray_reverb_", "ray_serve_"))
+        assert name.endswith("_total") == (kind == "counter"), name
+
+
+def test_dashboard_is_valid_json_with_panels():
+    board = json.loads(DASHBOARD.read_text())
+    assert board["uid"] == "reverb-serve"
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    assert len(dashboard_exprs()) >= 20
+
+
+def test_dashboard_names_only_known_metrics_with_the_right_suffixes():
+    for title, expr in dashboard_exprs():
+        names = re.findall(r"\bray_[a-z0-9_]+", expr)
+        assert names, (title, expr)
+        for series in names:
+            metric = series_to_metric(series)
+            assert metric is not None, f"{title}: {series} is not a metric Ray exports ({expr})"
+            kind = METRICS[metric]
+            wrapped = re.search(rf"\b(rate|increase)\(\s*{series}\b(\{{[^}}]*\}})?\[", expr)
+            if kind == "gauge":
+                assert not wrapped, f"{title}: rate() of the gauge {series}"
+            else:
+                assert wrapped, f"{title}: {series} is a {kind}; use rate() over it"
+            if kind == "histogram":
+                assert series != metric, f"{title}: use {metric}_bucket/_sum/_count"
+                if series.endswith("_bucket"):
+                    assert "histogram_quantile(" in expr and "le" in expr, (title, expr)
+
+
+def test_dashboard_shows_every_figure_an_asr_operator_needs():
+    used = {
+        series_to_metric(s)
+        for _, e in dashboard_exprs()
+        for s in re.findall(r"\bray_[a-z0-9_]+", e)
+    }
+    assert set(REVERB_METRICS) <= used, set(REVERB_METRICS) - used
+    assert {
+        "ray_serve_deployment_replica_healthy",
+        "ray_serve_num_http_requests_total",
+        "ray_serve_http_request_latency_ms",
+    } <= used
+
+
+def app_metric_names(monkeypatch) -> dict[str, str]:
+    """Every metric serve_app.serve.metrics creates, by exported name, found by
+    building its metric classes against recording stand-ins for Ray's."""
+    import inspect
+
+    import ray.serve.metrics as ray_metrics
+
+    import serve_app.serve.metrics as app_metrics
+
+    created: dict[str, str] = {}
+
+    def recorder(kind):
+        class Metric:
+            def __init__(self, name, *args, **kwargs):
+                created[exported_name(name, kind)] = kind
+
+            def __getattr__(self, attr):
+                return lambda *a, **k: None
+
+        return Metric
+
+    for kind in ("Counter", "Gauge", "Histogram"):
+        monkeypatch.setattr(ray_metrics, kind, recorder(kind.lower()))
+    for _, cls in inspect.getmembers(app_metrics, inspect.isclass):
+        if cls.__module__ != app_metrics.__name__ or not cls.__name__.endswith("Metrics"):
+            continue
+        params = inspect.signature(cls).parameters.values()
+        if all(
+            p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params
+        ):
+            cls()
+    return created
+
+
+def test_every_metric_the_app_creates_is_in_the_list(monkeypatch):
+    created = app_metric_names(monkeypatch)
+    assert created, "found no metrics in serve_app.serve.metrics"
+    for name, kind in created.items():
+        assert REVERB_METRICS.get(name) == kind, f"{name} ({kind}) is not in REVERB_METRICS"
+
+
+def test_every_listed_metric_is_created_by_the_app(monkeypatch):
+    missing = set(REVERB_METRICS) - set(app_metric_names(monkeypatch))
+    assert missing <= PENDING_REVERB_METRICS, missing - PENDING_REVERB_METRICS
+    if missing:
+        pytest.skip(f"not created by serve_app.serve.metrics yet: {sorted(missing)}")
+
+
+# --- make docker-smoke -----------------------------------------------------------------
+
+
+def test_docker_smoke_is_a_make_target_outside_make_test():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^docker-smoke:.*\n\tbash docker/smoke\.sh$", makefile, re.M)
+    assert "docker-smoke" in re.search(r"^\.PHONY:(.*)$", makefile, re.M)[1].split()
+    for target in ("test", "test-fast"):
+        (line,) = re.findall(rf"^{target}:(.*)$", makefile, re.M)
+        assert "docker-smoke" not in line
+
+
+def test_docker_smoke_script_follows_docker_here():
+    script = SMOKE.read_text()
+    subprocess.run(["bash", "-n", str(SMOKE)], check=True)
+    assert "docker-here.sh" in script and "--network host" in script
+    assert "BASE_IMAGE=" in script and "local/python:3.11-bookworm" in script
+    assert "trap cleanup EXIT" in script
+    # The daemon is stopped only when this script started it.
+    assert re.search(r'if \[ "\$STARTED_DOCKERD" = 1 \].*\n\s+"\$DOCKER_HERE" stop', script)
+
+
 def test_compose_gives_ray_a_large_shm_and_restarts():
     svc = service()
     assert byte_size(svc["shm_size"]) >= 2 * 2**30
@@ -198,7 +569,22 @@ def test_dockerfile_exposes_8765_and_checks_readyz():
     assert str(PORT) in " ".join(args_of("EXPOSE")).split()
     (healthcheck,) = args_of("HEALTHCHECK")
     assert f"127.0.0.1:{PORT}/readyz" in healthcheck
-    assert exec_form(args_of("CMD")[-1]) == ["serve", "run", "serve_config.yaml"]
+
+
+def test_dockerfile_starts_ray_with_the_metrics_port_then_serve_run():
+    """`serve run` has no way to pin Ray's metrics port, so the image starts the
+    one-node cluster with `ray start --head --metrics-export-port` and then execs
+    `serve run` (which connects to it) as the main process, so SIGINT reaches it."""
+    shell, flag, script = exec_form(args_of("CMD")[-1])
+    assert (shell, flag) == ("bash", "-c")
+    ray_start, _, serve_run = script.partition(" && ")
+    assert ray_start.startswith("ray start --head ")
+    assert '--metrics-export-port="$REVERB_METRICS_PORT"' in ray_start
+    assert serve_run == 'exec serve run "$REVERB_CONFIG"'
+    env = env_vars()
+    assert env["REVERB_CONFIG"] == "configs/single_gpu.yaml"
+    assert env["REVERB_METRICS_PORT"] == str(METRICS_PORT)
+    assert args_of("STOPSIGNAL") == ["SIGINT"]
 
 
 def test_dockerfile_installs_the_pinned_set_in_order():
@@ -252,10 +638,11 @@ def test_every_copied_path_exists_and_is_not_dockerignored(source):
         assert not name.startswith(pattern.rstrip("/") + "/"), (source, pattern)
 
 
-def test_serve_config_matches_the_container():
-    if not SERVE_CONFIG.exists():
-        pytest.skip("serve_config.yaml is not in the repository yet")
-    config = yaml.safe_load(SERVE_CONFIG.read_text())
+@pytest.mark.parametrize("path", [SERVE_CONFIG, SINGLE_GPU_CONFIG], ids=lambda p: p.name)
+def test_serve_config_matches_the_container(path):
+    if not path.exists():
+        pytest.skip(f"{path.name} is not in the repository yet")
+    config = yaml.safe_load(path.read_text())
     http = config.get("http_options") or {}
     assert http.get("port") == PORT, "http_options.port must be 8765, the port the image exposes"
     # Serve's config-file default host is 0.0.0.0; a loopback host is unreachable from outside.
@@ -264,6 +651,34 @@ def test_serve_config_matches_the_container():
         cache_dir = (app.get("args") or {}).get("cache_dir")
         if cache_dir is not None:
             assert str(cache_dir).startswith(CACHE_DIR), "cache_dir must be on the volume"
+
+
+def test_single_gpu_config_fits_one_gpu_and_a_small_box():
+    config = yaml.safe_load(SINGLE_GPU_CONFIG.read_text())
+    (app,) = config["applications"]
+    args = app["args"]
+    assert (args["model"], args["cache_dir"], args["device"]) == (
+        "reverb_asr_v1",
+        CACHE_DIR,
+        "cuda",
+    )
+    deployments = {d["name"]: d for d in app["deployments"]}
+    ingress, transcriber = deployments["Ingress"], deployments["Transcriber"]
+    assert ingress["num_replicas"] == 1 and ingress["ray_actor_options"]["num_cpus"] == 1
+    assert transcriber["num_replicas"] == 1 and transcriber["ray_actor_options"]["num_gpus"] == 1
+    for deployment in deployments.values():
+        assert "autoscaling_config" not in deployment, deployment["name"]
+        assert deployment.get("num_replicas") != "auto"
+    cpus = sum(d["ray_actor_options"]["num_cpus"] * d["num_replicas"] for d in deployments.values())
+    assert cpus <= 3, "leave a core of a 4-core box to Ray itself and the proxy"
+    # Offline is the operator's choice (the container's environment), and no key ships.
+    env = (app.get("runtime_env") or {}).get("env_vars") or {}
+    assert "HF_HUB_OFFLINE" not in env
+    assert "api_key" not in args
+    assert not any("KEY" in name for name in env), env
+    # A graceful stop fits in compose's grace period.
+    grace = seconds(service()["stop_grace_period"])
+    assert transcriber["graceful_shutdown_timeout_s"] < grace
 
 
 # --- health-check commands, run for real ---------------------------------------------
