@@ -125,10 +125,13 @@ class ModelCapacity:
         policy: QueuePolicy,
         meter: ThroughputMeter,
         saturated: ThroughputMeter | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         if policy.slots < 1:
             raise ValueError("at least one slot is needed")
         self.policy = policy
+        self._on_change = on_change or (lambda: None)
+        """Called after the queue or the audio ahead changed (metrics read them then)."""
         self.meter = meter
         self.saturated = saturated or ThroughputMeter(meter.prior)
         """Busy only while every slot is taken."""
@@ -189,6 +192,7 @@ class ModelCapacity:
             self._free -= 1
             self.saturated.mark(self._free == 0)
             self._running_audio_s += audio_s
+            self._on_change()
             return
         wait_s = self.projected_wait_s()
         if len(self._waiters) >= self.policy.max_queued:
@@ -199,6 +203,7 @@ class ModelCapacity:
         entry = (turn, audio_s)
         self._waiters.append(entry)
         self._queued_audio_s += audio_s
+        self._on_change()
         try:
             await turn
         except asyncio.CancelledError:
@@ -210,13 +215,16 @@ class ModelCapacity:
             raise
         finally:
             self._queued_audio_s -= audio_s
+            self._on_change()
         self._running_audio_s += audio_s
+        self._on_change()
 
     def progress(self, audio_s: float, decoded: bool = False) -> None:
         """Part of a running request's audio is done (``decoded``), or will not be run."""
         self._running_audio_s = max(self._running_audio_s - audio_s, 0.0)
         if decoded and self._free == 0:
             self.saturated.add(audio_s)
+        self._on_change()
 
     def release(self, remaining_audio_s: float = 0.0) -> None:
         """Give a slot back; ``remaining_audio_s`` of its request was never decoded."""

@@ -13,10 +13,11 @@ over every replica and share batches with other callers' clips. At most
 it. Results come back in chunk order however the calls finish, and the first failure
 cancels the calls still pending, so a doomed request stops using the GPU.
 
-Admission has two steps: ``admit()`` bounds how many requests one Ingress holds at all
-(decoding, waiting or running); ``plan()`` decodes, then waits its turn for the model
-in :mod:`serve_app.capacity`'s queue, or is refused there when the projected wait is
-too long. Both happen before any response starts, so a refusal is a clean 503.
+Admission has two steps: ``admit()`` (or ``check_room()`` at the HTTP edge, before the
+body) bounds how many requests one Ingress holds and refuses a request whose projected
+wait is too long; ``plan()`` decodes, then waits its turn for the model in
+:mod:`serve_app.capacity`'s queue, refused there only if it could not start before its
+deadline. Both happen before any response starts, so a refusal is a clean 503.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ ChunkDecoder = Callable[[ChunkJob], Awaitable[ChunkResult]]
 
 Audio = bytes | bytearray | memoryview | np.ndarray
 """An encoded file, or 16 kHz mono float32 samples in [-1, 1]."""
+
+
+class PipelineObserver:
+    """What the pipeline reports as it works, for metrics; this base ignores it all.
+
+    Called on the event loop at every change, so implementations must be cheap.
+    """
+
+    def audio_received(self, seconds: float) -> None:
+        """A request's audio was decoded; ``seconds`` long."""
+
+    def audio_transcribed(self, seconds: float) -> None:
+        """A request's audio was transcribed in full."""
+
+    def queue_changed(self, audio_ahead_s: float, queued: int) -> None:
+        """The audio not yet decoded (running and queued) or the queue's length changed."""
 
 
 @dataclass(frozen=True)
@@ -139,14 +156,14 @@ class TranscriptionPipeline:
         *,
         limits: PipelineLimits,
         model_name: str,
-        on_audio_done: Callable[[float], None] | None = None,
+        observer: PipelineObserver | None = None,
     ) -> None:
         if limits.max_chunks_in_flight_per_request < 1:
             raise ValueError("max_chunks_in_flight_per_request must be at least 1")
         self.decode_chunk = decode_chunk
         self.limits = limits
         self.model_name = model_name
-        self._on_audio_done = on_audio_done
+        self.observer = observer or PipelineObserver()
         self._in_flight = 0
         self.decoded_audio = DecodedAudioBudget(limits.max_decoded_audio_seconds)
         self.throughput = ThroughputMeter(limits.initial_throughput)
@@ -157,6 +174,7 @@ class TranscriptionPipeline:
                 max_wait_s=limits.max_queue_wait_s,
             ),
             self.throughput,
+            on_change=self._queue_changed,
         )
 
     @property
@@ -207,9 +225,8 @@ class TranscriptionPipeline:
     def _release(self) -> None:
         self._in_flight -= 1
 
-    def _audio_done(self, plan: Plan) -> None:
-        if self._on_audio_done is not None:
-            self._on_audio_done(plan.duration)
+    def _queue_changed(self) -> None:
+        self.observer.queue_changed(self.capacity.audio_ahead_s, self.capacity.queued)
 
 
 class Admission:
@@ -229,7 +246,8 @@ class Admission:
         if self._held:
             self._held = False
             if self._audio_left_s is not None:
-                self._pipeline.capacity.release(self._audio_left_s)
+                # Chunks may hold a few ms more than the plan's duration (frame edges).
+                self._pipeline.capacity.release(max(self._audio_left_s, 0.0))
             self._pipeline.decoded_audio.release(self._reserved_samples)
             self._pipeline._release()
 
@@ -264,6 +282,7 @@ class Admission:
             max_seconds=self._pipeline.limits.max_audio_seconds,
             reserve=self._reserve,
         )
+        self._pipeline.observer.audio_received(plan.duration)
         await self._take_slot(plan.duration)
         return plan
 
@@ -308,7 +327,7 @@ class Admission:
         """Every chunk decoded, merged into one transcript, before the deadline."""
         async with self._before_deadline():
             results = await _decode_all(plan.jobs, self._decode_chunk)
-        self._pipeline._audio_done(plan)
+        self._pipeline.observer.audio_transcribed(plan.duration)
         return transcript_from_chunks(results, plan, model=self._pipeline.model_name)
 
     async def results_in_order(self, plan: Plan) -> AsyncIterator[ChunkResult]:
@@ -324,7 +343,7 @@ class Admission:
                 yield result
         finally:
             await stream.aclose()  # cancels the chunk calls still running
-        self._pipeline._audio_done(plan)
+        self._pipeline.observer.audio_transcribed(plan.duration)
 
     @contextlib.asynccontextmanager
     async def _before_deadline(self) -> AsyncIterator[None]:

@@ -35,6 +35,8 @@ class FakeBackend:
         self.api_key = self.config.resolve_api_key()
         self.started_at = 0
         self.observed: list[tuple[str, int]] = []
+        self.error_codes: list[str | None] = []
+        self.first_deltas: list[float] = []
         self.fail_chunk: int | None = None
         self.bug = False
         self.ready = True
@@ -64,5 +66,9 @@ class FakeBackend:
             raise UnavailableError("not ready")
         return {"model": "m", "device": "cpu", "parameters": 1, "in_flight": 0}
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
+    def observe(self, route: str, status: int, seconds: float, code: str | None) -> None:
         self.observed.append((route, status))
+        self.error_codes.append(code)
+
+    def observe_first_delta(self, seconds: float) -> None:
+        self.first_deltas.append(seconds)

@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.capacity import ModelCapacity, QueuePolicy, ThroughputMeter
 from serve_app.engine.options import DecodeOptions
-from serve_app.pipeline import PipelineLimits, TranscriptionPipeline
+from serve_app.pipeline import PipelineLimits, PipelineObserver, TranscriptionPipeline
 from serve_app.wire import ChunkJob, ChunkResult, DeadlineExceededError, OverloadedError, Word
 
 SR = 16000
@@ -383,3 +383,53 @@ def test_a_request_judged_on_arrival_is_refused_after_its_upload_only_past_its_d
     assert all_released
     assert refusal.retry_after_s == 1  # 11 s projected - < 10.5 s left, rounded up
     assert "projected wait is 11 s" in refusal.message
+
+
+class RecordingObserver(PipelineObserver):
+    def __init__(self) -> None:
+        self.received: list[float] = []
+        self.transcribed: list[float] = []
+        self.queue: list[tuple[float, int]] = []
+
+    def audio_received(self, seconds: float) -> None:
+        self.received.append(seconds)
+
+    def audio_transcribed(self, seconds: float) -> None:
+        self.transcribed.append(seconds)
+
+    def queue_changed(self, audio_ahead_s: float, queued: int) -> None:
+        self.queue.append((audio_ahead_s, queued))
+
+
+def test_the_observer_sees_audio_in_and_out_and_the_queue_as_it_changes():
+    """What the Ingress's metrics are fed: every request's audio received and
+    transcribed, and the queue's depth (requests and audio) at each change, back to 0."""
+
+    async def run() -> RecordingObserver:
+        observer = RecordingObserver()
+        decoder = HeldDecoder()
+        limits = PipelineLimits(
+            max_upload_bytes=10**9, max_audio_seconds=3600.0, max_concurrent_requests=1
+        )
+        pipeline = TranscriptionPipeline(decoder, limits=limits, model_name="m", observer=observer)
+
+        async def one(seconds: int) -> None:
+            with pipeline.admit() as admission:
+                await admission.transcribe(np.zeros(SR * seconds, np.float32), OPTS)
+
+        first = asyncio.create_task(one(30))
+        await _until(lambda: len(decoder.open) == 2)  # both chunks of the 30 s file
+        second = asyncio.create_task(one(5))
+        await _until(lambda: pipeline.capacity.queued == 1)
+        while not (first.done() and second.done()):
+            for key in decoder.open:
+                decoder.finish(key)
+            await asyncio.sleep(0.01)
+        return observer
+
+    observer = asyncio.run(run())
+    assert sorted(observer.received) == [5.0, 30.0]
+    assert sorted(observer.transcribed) == [5.0, 30.0]
+    assert max(q for _, q in observer.queue) == 1  # one slot: the second request waited
+    assert max(a for a, _ in observer.queue) == 35.0
+    assert observer.queue[-1] == (0.0, 0)

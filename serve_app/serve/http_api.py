@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Protocol
 
@@ -65,7 +66,11 @@ class HttpBackend(Protocol):
 
     async def readiness(self) -> dict[str, Any]: ...
 
-    def observe(self, route: str, status: int, seconds: float) -> None: ...
+    def observe(self, route: str, status: int, seconds: float, code: str | None) -> None:
+        """One answered request; ``code`` is the error code of an error answer."""
+
+    def observe_first_delta(self, seconds: float) -> None:
+        """A streamed request's first text delta went out ``seconds`` after it arrived."""
 
 
 def _backend(request: Request) -> HttpBackend:
@@ -179,7 +184,14 @@ async def create_transcription(request: Request, backend: Backend, form: Multipa
         plan = await admission.plan(audio, form.decode_options())
         if form.stream:
             streamed = True  # the response releases the admission when the stream ends
-            return _AdmittedStream(_sse_events(admission, plan, request_id_of(request)), admission)
+            arrived = request.state.started_at  # set by the edge
+            events = _sse_events(
+                admission,
+                plan,
+                request_id_of(request),
+                first_delta=lambda: backend.observe_first_delta(time.perf_counter() - arrived),
+            )
+            return _AdmittedStream(events, admission)
         transcript = await admission.transcript(plan)
     finally:
         if not streamed:
@@ -227,9 +239,10 @@ def _audio_name(filename: str | None) -> str:
 
 
 async def _sse_events(
-    admission: Admission, plan: Plan, request_id: str | None
+    admission: Admission, plan: Plan, request_id: str | None, first_delta: Callable[[], None]
 ) -> AsyncIterator[str]:
-    """OpenAI's transcription stream: text deltas in chunk order, then the full text.
+    """OpenAI's transcription stream: text deltas in chunk order, then the full text;
+    ``first_delta`` is called as the first delta goes out (a metric).
 
     Errors after the 200 has gone out are sent as an ``error`` event, which the OpenAI
     SDK raises as ``APIError``; server-side ones quote the request id, as a 500 would.
@@ -239,6 +252,8 @@ async def _sse_events(
         async for result in admission.results_in_order(plan):
             delta = text_delta(text, result.text)
             if delta:
+                if not text:
+                    first_delta()
                 text += delta
                 yield _sse({"type": "transcript.text.delta", "delta": delta})
         yield _sse({"type": "transcript.text.done", "text": text})

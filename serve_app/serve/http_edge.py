@@ -39,7 +39,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.serve.http_errors import error_response
+from serve_app.serve.http_errors import ERROR_CODE_STATE_KEY, error_response
 from serve_app.wire import (
     AuthenticationError,
     BodyTimeoutError,
@@ -58,6 +58,8 @@ TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 """Routes an orchestrator probes without credentials; every other route needs the key."""
 REQUEST_ID_STATE_KEY = "request_id"
+REQUEST_STARTED_STATE_KEY = "started_at"
+"""``time.perf_counter()`` when the edge received the request."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RAY_CONTROL_HEADERS = frozenset(
     {
@@ -88,8 +90,10 @@ class EdgeMiddleware:
         backend = self._backend()
         if self._layers is None:
             self._layers = self._build(backend)
-        scope.setdefault("state", {})[REQUEST_ID_STATE_KEY] = _request_id(scope)
+        state = scope.setdefault("state", {})
+        state[REQUEST_ID_STATE_KEY] = _request_id(scope)
         started = time.perf_counter()
+        state[REQUEST_STARTED_STATE_KEY] = started
         status = 500
 
         async def send_observed(message: Message) -> None:
@@ -101,7 +105,8 @@ class EdgeMiddleware:
         try:
             await self._layers(scope, receive, send_observed)
         finally:
-            backend.observe(route_label(scope), status, time.perf_counter() - started)
+            code = state.get(ERROR_CODE_STATE_KEY)
+            backend.observe(route_label(scope), status, time.perf_counter() - started, code)
 
     def _build(self, backend: HttpBackend) -> ASGIApp:
         config = backend.config

@@ -34,6 +34,23 @@ _HTTP_CODES = {
 }
 
 
+ERROR_CODE_STATE_KEY = "error_code"
+"""Where an error response leaves its code in the request's scope state, so the edge
+can count errors by reason without reading bodies."""
+
+
+class ErrorResponse(JSONResponse):
+    """A JSON error envelope that tells the edge its code as it is sent."""
+
+    def __init__(self, body: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self.error_code: str | None = body["error"]["code"]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope.setdefault("state", {})[ERROR_CODE_STATE_KEY] = self.error_code
+        await super().__call__(scope, receive, send)
+
+
 def error_body(
     message: str, *, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -56,7 +73,7 @@ def client_message(exc: ReverbServeError, request_id: str | None) -> str:
 
 def error_response(
     exc: ReverbServeError, *, retry_after_s: int = 1, request_id: str | None = None
-) -> JSONResponse:
+) -> ErrorResponse:
     """The response for one of our typed errors; 503s and 429s tell the client when to
     retry, and server-side errors quote the request id that the logs carry."""
     headers: dict[str, str] = {}
@@ -67,15 +84,15 @@ def error_response(
     body = error_body(
         client_message(exc, request_id), error_type=exc.error_type, param=exc.param, code=exc.code
     )
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+    return ErrorResponse(body, status_code=exc.status_code, headers=headers)
 
 
-def http_exception_response(exc: HTTPException) -> JSONResponse:
+def http_exception_response(exc: HTTPException) -> ErrorResponse:
     """Starlette's and FastAPI's own 4xx (unknown route, bad multipart, 413) reshaped."""
     status = exc.status_code
     error_type = "invalid_request_error" if status < 500 else "server_error"
     body = error_body(str(exc.detail), error_type=error_type, code=_HTTP_CODES.get(status))
-    return JSONResponse(body, status_code=status, headers=dict(exc.headers or {}))
+    return ErrorResponse(body, status_code=status, headers=dict(exc.headers or {}))
 
 
 def internal_error_body(request_id: str | None) -> dict[str, Any]:
@@ -128,7 +145,7 @@ def exception_handlers(config_of: Callable[[Request], AppConfig]) -> dict[Any, A
             request.url.path,
             exc_info=exc,
         )
-        return JSONResponse(internal_error_body(request_id), status_code=500)
+        return ErrorResponse(internal_error_body(request_id), status_code=500)
 
     return {
         ReverbServeError: on_reverb_error,

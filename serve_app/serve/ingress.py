@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,9 @@ def _this_replica() -> Ingress:
 http_app = create_http_app(_this_replica)
 
 
-async def decode_via(transcriber: DeploymentHandle, job: ChunkJob) -> ChunkResult:
+async def decode_via(
+    transcriber: DeploymentHandle, job: ChunkJob, on_retry: Callable[[], None] = lambda: None
+) -> ChunkResult:
     """One chunk through the Transcriber; its error-as-value is raised here, for this
     request only.
 
@@ -67,6 +70,7 @@ async def decode_via(transcriber: DeploymentHandle, job: ChunkJob) -> ChunkResul
     try:
         return await _decode_once(transcriber, job)
     except UnavailableError:
+        on_retry()
         return await _decode_once(transcriber, job)
 
 
@@ -105,7 +109,7 @@ class Ingress:
             self._decode_chunk,
             limits=config.pipeline_limits(),
             model_name=config.served_model_name,
-            on_audio_done=self._metrics.record_audio,
+            observer=self._metrics,
         )
 
     async def transcribe(self, audio: bytes | np.ndarray, **options: Any) -> Transcript:
@@ -121,7 +125,7 @@ class Ingress:
             return await admission.transcribe(audio, decode_options)
 
     async def _decode_chunk(self, job: ChunkJob) -> ChunkResult:
-        result = await decode_via(self._transcriber, job)
+        result = await decode_via(self._transcriber, job, self._metrics.record_chunk_retry)
         self._last_chunk_ok = time.monotonic()
         return result
 
@@ -158,10 +162,13 @@ class Ingress:
             "decoded_audio_seconds": pipeline.decoded_audio.held_seconds,
         }
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        self._metrics.record_request(route, status, seconds)
+    def observe(self, route: str, status: int, seconds: float, code: str | None) -> None:
+        self._metrics.record_request(route, status, seconds, code)
         if self._test_leak_bytes:
             self._test_leaked.append(b"\x01" * self._test_leak_bytes)
+
+    def observe_first_delta(self, seconds: float) -> None:
+        self._metrics.record_first_delta(seconds)
 
 
 async def _resolve(response: Any) -> Any:

@@ -13,11 +13,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from serve_app.pipeline import PipelineObserver
+
 if TYPE_CHECKING:  # the engine's decoder imports torch; keep this module light
     from serve_app.engine.decoder import BatchReport
 
 BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+RTF_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
+"""Decode seconds per audio second: an H200 batch sits near the bottom, a CPU one higher."""
+EFFICIENCY_BUCKETS = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0]
+FRAMES_PER_SECOND = 100  # 10 ms fbank frames
 
 
 @dataclass
@@ -84,6 +90,17 @@ class TranscriberMetrics:
             description="Wall time of one batch decode.",
             boundaries=SECONDS_BUCKETS,
         )
+        self.batch_rtf = Histogram(
+            "reverb_transcriber_batch_rtf",
+            description="Real-time factor of one batch: its wall time over the seconds of "
+            "audio in it (lower is faster; 1 / RTF is the RTFx).",
+            boundaries=RTF_BUCKETS,
+        )
+        self.batch_efficiency = Histogram(
+            "reverb_transcriber_batch_padding_efficiency",
+            description="Share of one batch's feature frames that hold audio, not padding.",
+            boundaries=EFFICIENCY_BUCKETS,
+        )
 
     def record(self, report: BatchReport, seconds: float) -> None:
         self.batches.inc()
@@ -97,13 +114,17 @@ class TranscriberMetrics:
             self.padded_frames.inc(report.padded_frames)
         self.batch_size.observe(report.rows)
         self.batch_seconds.observe(seconds)
+        if report.real_frames:
+            self.batch_rtf.observe(seconds * FRAMES_PER_SECOND / report.real_frames)
+            self.batch_efficiency.observe(report.padding_efficiency)
 
 
-class IngressMetrics:
-    """Requests by route and status, and how much audio was transcribed."""
+class IngressMetrics(PipelineObserver):
+    """Requests by route and status, errors by reason, audio in and out, the queue,
+    time to the first SSE delta and chunk retries, for one Ingress replica."""
 
     def __init__(self) -> None:
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter, Gauge, Histogram
 
         self.requests = Counter(
             "reverb_requests_total",
@@ -116,13 +137,54 @@ class IngressMetrics:
             boundaries=SECONDS_BUCKETS,
             tag_keys=("route",),
         )
-        self.audio_seconds = Counter(
+        self.rejections = Counter(
+            "reverb_rejections_total",
+            description="Requests answered with an error, by status and error code "
+            "(413 too large, 415 not audio, 429 per-client limit, 503 overloaded, ...).",
+            tag_keys=("status", "code"),
+        )
+        self.received_seconds = Counter(
+            "reverb_audio_received_seconds_total",
+            description="Seconds of audio received (decoded from uploads and handle calls).",
+        )
+        self.transcribed_seconds = Counter(
             "reverb_audio_seconds_total", description="Seconds of audio transcribed."
         )
+        self.queue_audio = Gauge(
+            "reverb_queue_audio_seconds",
+            description="Audio admitted and not yet decoded (on the model and waiting), s.",
+        )
+        self.queued = Gauge(
+            "reverb_queued_requests", description="Transcriptions waiting for the model."
+        )
+        self.first_delta = Histogram(
+            "reverb_sse_first_delta_seconds",
+            description="Time from a streamed request's arrival to its first text delta.",
+            boundaries=SECONDS_BUCKETS,
+        )
+        self.chunk_retries = Counter(
+            "reverb_chunk_retries_total",
+            description="Chunk calls sent once more because their model replica was lost.",
+        )
 
-    def record_request(self, route: str, status: int, seconds: float) -> None:
+    def record_request(self, route: str, status: int, seconds: float, code: str | None) -> None:
         self.requests.inc(tags={"route": route, "status": str(status)})
         self.latency.observe(seconds, tags={"route": route})
+        if status >= 400:
+            self.rejections.inc(tags={"status": str(status), "code": code or "other"})
 
-    def record_audio(self, seconds: float) -> None:
-        self.audio_seconds.inc(seconds)
+    def record_first_delta(self, seconds: float) -> None:
+        self.first_delta.observe(seconds)
+
+    def record_chunk_retry(self) -> None:
+        self.chunk_retries.inc()
+
+    def audio_received(self, seconds: float) -> None:
+        self.received_seconds.inc(seconds)
+
+    def audio_transcribed(self, seconds: float) -> None:
+        self.transcribed_seconds.inc(seconds)
+
+    def queue_changed(self, audio_ahead_s: float, queued: int) -> None:
+        self.queue_audio.set(audio_ahead_s)
+        self.queued.set(queued)

@@ -67,6 +67,7 @@ def test_stream_deltas_come_in_chunk_order_and_release_the_admission():
     assert [e.get("delta") for e in events[:-1]] == ["w0", " w1", " w2", " w3"]
     assert events[-1] == {"type": "transcript.text.done", "text": "w0 w1 w2 w3"}
     assert backend.pipeline.in_flight == 0
+    assert len(backend.first_deltas) == 1 and backend.first_deltas[0] > 0  # the metric
 
 
 def test_a_chunk_failing_mid_stream_sends_an_error_event():
@@ -212,11 +213,15 @@ def test_requests_are_observed_by_route_template_and_status():
     client.get("/healthz")
     client.get("/v1/models/abc")
     client.get("/elsewhere")
+    _post(client, b"not audio at all")
     assert backend.observed == [
         ("/healthz", 200),
         ("/v1/models/{model_id:path}", 404),
         ("other", 404),
+        ("/v1/audio/transcriptions", 415),
     ]
+    # Errors are counted by their code (rejections by reason), without reading bodies.
+    assert backend.error_codes == [None, "model_not_found", "not_found", "unsupported_audio"]
 
 
 # --------------------------------------------------------------------------- upload limit (ASGI)
