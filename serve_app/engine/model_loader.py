@@ -116,9 +116,9 @@ def _download_snapshot(repo_id: str, cache_dir: Path, offline: bool | None) -> P
         ) from exc
     except LocalEntryNotFoundError as exc:
         raise ModelLoadError(
-            f"{repo_id} is not in the cache {cache_dir} and downloads are off (offline "
-            "mode): download it once with network access, or point the model at a local "
-            "folder."
+            f"{repo_id} is not in the cache {cache_dir} and downloads are off "
+            "(HF_HUB_OFFLINE=1, offline mode): start once with HF_HUB_OFFLINE unset and "
+            "HF_TOKEN set so it is downloaded there, or point the model at a local folder."
         ) from exc
     except OSError as exc:
         raise ModelLoadError(
