@@ -40,6 +40,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.serve.http_errors import ERROR_CODE_STATE_KEY, error_response
+from serve_app.serve.metrics import CLIENT_CLOSED_REQUEST
 from serve_app.wire import (
     AuthenticationError,
     BodyTimeoutError,
@@ -94,7 +95,7 @@ class EdgeMiddleware:
         state[REQUEST_ID_STATE_KEY] = _request_id(scope)
         started = time.perf_counter()
         state[REQUEST_STARTED_STATE_KEY] = started
-        status = 500
+        status: int | None = None
 
         async def send_observed(message: Message) -> None:
             nonlocal status
@@ -104,7 +105,13 @@ class EdgeMiddleware:
 
         try:
             await self._layers(scope, receive, send_observed)
+        except asyncio.CancelledError:
+            # Serve cancels a request whose client hung up: counted as nginx's 499
+            # ("client closed request"), not as a 500 the server never sent.
+            status = status or CLIENT_CLOSED_REQUEST
+            raise
         finally:
+            status = status or 500
             code = state.get(ERROR_CODE_STATE_KEY)
             backend.observe(route_label(scope), status, time.perf_counter() - started, code)
 

@@ -24,6 +24,8 @@ RTF_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
 """Decode seconds per audio second: an H200 batch sits near the bottom, a CPU one higher."""
 EFFICIENCY_BUCKETS = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0]
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames
+CLIENT_CLOSED_REQUEST = 499
+"""The status the edge records for a client that hung up before any answer."""
 
 
 @dataclass
@@ -170,7 +172,7 @@ class IngressMetrics(PipelineObserver):
     def record_request(self, route: str, status: int, seconds: float, code: str | None) -> None:
         self.requests.inc(tags={"route": route, "status": str(status)})
         self.latency.observe(seconds, tags={"route": route})
-        if status >= 400:
+        if status >= 400 and status != CLIENT_CLOSED_REQUEST:  # 499: nobody was answered
             self.rejections.inc(tags={"status": str(status), "code": code or "other"})
 
     def record_first_delta(self, seconds: float) -> None:

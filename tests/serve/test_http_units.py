@@ -11,6 +11,7 @@ FastAPI's own included, is in OpenAI's error shape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -324,6 +325,24 @@ def test_a_body_that_stops_arriving_is_cut_with_408():
 
     status, body, _ = asyncio.run(run())
     assert status == 408 and body["error"]["code"] == "request_timeout"
+    assert backend.pipeline.in_flight == 0
+
+
+def test_a_client_that_hangs_up_before_any_answer_is_observed_as_499():
+    backend = FakeBackend()
+    app = create_http_app(lambda: backend)
+    pieces, headers = _pieces(chunks_audio(1))
+
+    async def run() -> None:
+        stall = asyncio.Event()
+        request = asyncio.ensure_future(_call(app, _scope(headers), pieces, stall=stall))
+        await asyncio.sleep(0.05)
+        request.cancel()  # what Serve does when the client's connection closes
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+
+    asyncio.run(run())
+    assert backend.observed == [("/v1/audio/transcriptions", 499)]
     assert backend.pipeline.in_flight == 0
 
 
