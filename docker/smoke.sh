@@ -51,7 +51,7 @@ log() { printf '[smoke %6ss] %s\n' "$(since "$T0")" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
 now() { date +%s.%N; }
 took() { since "$1"; }
-step() { SUMMARY+=("$(printf '%-58s %7ss' "$1" "$2")"); log "$1: $2 s"; }
+step() { SUMMARY+=("$(printf '%-66s %7ss' "$1" "$2")"); log "$1: $2 s"; }
 
 cleanup() {
   local rc=$?
@@ -89,11 +89,12 @@ elif [ -n "$BASE_IMAGE" ] && [ -x "$DOCKER_HERE" ]; then
 else
   fail "no Docker engine answers (docker info), and no $DOCKER_HERE to start one"
 fi
-step "docker engine ready" "$(took "$t")"
+step "0. docker engine ready" "$(took "$t")"
 
 # --- 1. build -----------------------------------------------------------------------
 t=$(now)
 build_args=(--network host -f docker/Dockerfile -t "$IMAGE")
+[ -n "${SMOKE_NO_CACHE:-}" ] && build_args+=(--no-cache)
 [ -n "$BASE_IMAGE" ] && build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 log "docker build ${build_args[*]} . (log: $WORK/build.log)"
 if ! docker build "${build_args[@]}" . >"$WORK/build.log" 2>&1; then
@@ -204,6 +205,8 @@ docker volume create "$VOLUME" >/dev/null
 # probe is given that port.
 HEALTH_CMD="python -c \"import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$HTTP_PORT/readyz', timeout=15).status == 200 else 1)\""
 
+label() { case $1 in *-1) echo "first start: " ;; *) echo "second start:" ;; esac; }
+
 start_container() {  # name -> starts it, waits for /readyz 200
   local name=$1 t
   CONTAINERS+=("$name")
@@ -228,7 +231,9 @@ start_container() {  # name -> starts it, waits for /readyz 200
     [ "$(date +%s)" -lt "$deadline" ] || fail "$name not ready after ${READY_TIMEOUT_S}s (last /readyz: $code)"
     sleep 2
   done
-  step "   $name: start to /readyz 200" "$(took "$t")"
+  step "   $(label "$name") start to /readyz 200" "$(took "$t")"
+  docker logs "$name" 2>&1 | grep -q 'Token authentication is enabled' ||
+    fail "$name: Ray's token authentication is not on"
   log "/readyz: $(head -c 300 "$WORK/readyz.json")"
 }
 
@@ -252,7 +257,7 @@ print(f"  manifest: {expected!r}")
 if words(r.text) != words(expected):
     sys.exit("transcript differs from the manifest")
 EOF
-  step "   $1: openai SDK transcription, text = manifest" "$(took "$t")"
+  step "   $(label "$1") openai SDK transcription, text = manifest" "$(took "$t")"
 }
 
 stop_container() {  # name -> docker stop, checks time and exit code
@@ -264,7 +269,7 @@ stop_container() {  # name -> docker stop, checks time and exit code
   log "$name: docker stop took ${s}s (grace ${GRACE_S}s), State.ExitCode=$code, OOMKilled=$(docker inspect -f '{{.State.OOMKilled}}' "$name")"
   [ "$code" = 0 ] || fail "$name exited with $code"
   awk -v s="$s" -v g="$GRACE_S" 'BEGIN { exit !(s < g) }' || fail "$name needed the whole grace period (killed)"
-  step "   $name: docker stop (exit code 0)" "$s"
+  step "   $(label "$name") docker stop (exit code 0)" "$s"
 }
 
 # --- 2-5. first start: download into the volume -------------------------------------
@@ -274,26 +279,60 @@ first_gets=$(file_gets)
 hub_lines=$(wc -l <"$WORK/hub.log")
 log "hub: $first_gets model files fetched on the first start"
 [ "$first_gets" -ge 4 ] || fail "the first start fetched $first_gets files from the hub, expected the model's files"
-docker exec "$RUN_ID-1" sh -c 'ls -l /models/models--Revai--reverb-asr/snapshots/*/' | sed 's/^/  /'
+docker exec "$RUN_ID-1" sh -c 'cd /models/models--Revai--reverb-asr/snapshots/* && pwd && ls -lL' | sed 's/^/  /'
 transcribe "$RUN_ID-1"
 
 t=$(now)
+"$PY" - "$HTTP_PORT" "$CLIP" <<'EOF'
+import io, json, sys
+import openai
+from openai import OpenAI
+
+port, clip = sys.argv[1], sys.argv[2]
+manifest = json.load(open("tests/data/demo/manifest.json"))
+(expected,) = [c["text"] for c in manifest["clips"] if c["file"] == clip]
+client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
+with open(f"tests/data/demo/{clip}", "rb") as f:
+    events = list(client.audio.transcriptions.create(model="whisper-1", file=f, stream=True))
+kinds = [e.type for e in events]
+print(f"  stream=true: {len(kinds)} events, {kinds.count('transcript.text.delta')} deltas, last {kinds[-1]}")
+if kinds[-1] != "transcript.text.done" or events[-1].text.strip() != expected:
+    sys.exit(f"streamed transcript differs: {events[-1]!r}")
+try:
+    client.audio.transcriptions.create(model="whisper-1", file=("notes.wav", io.BytesIO(b"not audio" * 100)))
+    sys.exit("an upload that is not audio was accepted")
+except openai.APIStatusError as exc:
+    print(f"  not audio: {exc.status_code} {exc.body.get('code') if isinstance(exc.body, dict) else exc.body}")
+    if exc.status_code != 415:
+        sys.exit("expected 415")
+EOF
+step "   first start:  SSE stream (openai SDK) and a 415 for non-audio" "$(took "$t")"
+
+t=$(now)
 docker top "$RUN_ID-1" -eo uid,pid,comm >"$WORK/top.txt"
-sed 's/^/  /' "$WORK/top.txt" | head -20
+sed 's/^/  /' "$WORK/top.txt" | head -8
 nproc_total=$(($(wc -l <"$WORK/top.txt") - 1))
 roots=$(awk 'NR > 1 && $1 == 0' "$WORK/top.txt" | wc -l)
 log "processes in the container: $nproc_total, running as uid 0: $roots; exec user: uid $(docker exec "$RUN_ID-1" id -u)"
 [ "$roots" = 0 ] || fail "processes run as root in the container"
 [ "$(awk 'NR > 1 && $1 != 1000' "$WORK/top.txt" | wc -l)" = 0 ] || fail "processes not running as uid 1000"
-step "   $RUN_ID-1: every process uid 1000, none uid 0" "$(took "$t")"
+step "   first start:  every process uid 1000, none uid 0" "$(took "$t")"
 
 t=$(now)
-curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics.txt"
+# Replicas push their metrics to Ray's agent every few seconds: poll for the request.
+for _ in $(seq 60); do
+  curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics.txt" 2>/dev/null || true
+  grep -q '^ray_reverb_requests_total{.*route="/v1/audio/transcriptions".*status="200"' "$WORK/metrics.txt" &&
+    grep -q '^ray_reverb_sse_first_delta_seconds_count' "$WORK/metrics.txt" &&
+    grep -q '^ray_reverb_rejections_total{.*status="415"' "$WORK/metrics.txt" &&
+    grep -q '^ray_reverb_transcriber_batches_total' "$WORK/metrics.txt" && break
+  sleep 1
+done
 grep -q '^# HELP ray_reverb_requests_total' "$WORK/metrics.txt" || fail "no ray_reverb_requests_total on the metrics port"
 log "metrics port $METRICS_PORT: $(grep -c '^# TYPE ray_reverb_' "$WORK/metrics.txt") ray_reverb_* and $(grep -c '^# TYPE ray_serve_' "$WORK/metrics.txt") ray_serve_* metrics"
 grep '^# TYPE ray_reverb_' "$WORK/metrics.txt" | awk '{print "  " $3 " (" $4 ")"}'
 [ -n "${SMOKE_SAVE_SCRAPE:-}" ] && cp "$WORK/metrics.txt" "$SMOKE_SAVE_SCRAPE"
-step "   $RUN_ID-1: Ray metrics on the pinned port" "$(took "$t")"
+step "   first start:  Ray metrics on the pinned port" "$(took "$t")"
 log "health: $(docker inspect -f '{{.State.Health.Status}}' "$RUN_ID-1")"
 stop_container "$RUN_ID-1"
 
@@ -304,11 +343,11 @@ second_gets=$(($(file_gets) - first_gets))
 log "hub: $second_gets model files fetched on the second start; all it was asked since the first start:"
 tail -n "+$((hub_lines + 1))" "$WORK/hub.log" | awk '{print "  " $2, $3}' | sort | uniq -c
 [ "$second_gets" = 0 ] || fail "the second start fetched $second_gets model files again"
-step "   $RUN_ID-2: model files fetched from the hub again: 0" "0.0"
+SUMMARY+=("   second start: model files fetched from the hub again: 0")
 transcribe "$RUN_ID-2"
 stop_container "$RUN_ID-2"
 
 echo
 echo "docker smoke: all steps passed"
 printf '  %s\n' "${SUMMARY[@]}"
-printf '  %-58s %7ss\n' "total" "$(took "$T0")"
+printf '  %-66s %7ss\n' "total" "$(took "$T0")"

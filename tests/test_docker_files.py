@@ -577,7 +577,9 @@ def test_dockerfile_starts_ray_with_the_metrics_port_then_serve_run():
     `serve run` (which connects to it) as the main process, so SIGINT reaches it."""
     shell, flag, script = exec_form(args_of("CMD")[-1])
     assert (shell, flag) == ("bash", "-c")
-    ray_start, _, serve_run = script.partition(" && ")
+    token, ray_start, serve_run = script.split(" && ")
+    # `ray start` turns Ray's token authentication on only when a token exists.
+    assert token == "ray get-auth-token --generate >/dev/null"
     assert ray_start.startswith("ray start --head ")
     assert '--metrics-export-port="$REVERB_METRICS_PORT"' in ray_start
     assert serve_run == 'exec serve run "$REVERB_CONFIG"'
