@@ -174,7 +174,7 @@ class TranscriptionPipeline:
                 max_wait_s=limits.max_queue_wait_s,
             ),
             self.throughput,
-            on_change=self._queue_changed,
+            on_change=self.report_queue,
         )
 
     @property
@@ -225,7 +225,8 @@ class TranscriptionPipeline:
     def _release(self) -> None:
         self._in_flight -= 1
 
-    def _queue_changed(self) -> None:
+    def report_queue(self) -> None:
+        """Tell the observer the queue's state now (on every change, and on demand)."""
         self.observer.queue_changed(self.capacity.audio_ahead_s, self.capacity.queued)
 
 

@@ -42,6 +42,9 @@ from serve_app.wire import (
 TEST_LEAK_ENV = "REVERB_SERVE_TEST_LEAK_KB"
 """Test-only: keep this many kB per request forever, so that the soak's leak detector
 can be shown to catch a leak (its negative control). Never set in a real deployment."""
+GAUGE_REFRESH_S = 5.0
+"""Ray stops exporting a gauge about 30 s after its last ``set``: the queue gauges are
+set again this often, so an idle queue reads 0 rather than vanishing."""
 READINESS_TIMEOUT_S = 10.0
 """A probe that no Transcriber answers within this is a 503."""
 
@@ -101,6 +104,7 @@ class Ingress:
         self.api_key = config.resolve_api_key()
         self.started_at = int(time.time())
         self._metrics = IngressMetrics()
+        self._gauge_task: asyncio.Task[None] | None = None
         self._model_info: dict[str, Any] | None = None
         self._test_leak_bytes = int(os.environ.get(TEST_LEAK_ENV, "0") or 0) * 1024
         self._test_leaked: list[bytes] = []
@@ -112,6 +116,17 @@ class Ingress:
             observer=self._metrics,
         )
 
+    def _keep_gauges_fresh(self) -> None:
+        """Start, once, the task that re-sets the queue gauges (on the first call that
+        runs on the replica's event loop; the constructor may not)."""
+        if self._gauge_task is None:
+            self._gauge_task = asyncio.get_running_loop().create_task(self._refresh_gauges())
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            self.pipeline.report_queue()
+            await asyncio.sleep(GAUGE_REFRESH_S)
+
     async def transcribe(self, audio: bytes | np.ndarray, **options: Any) -> Transcript:
         """Transcribe ``audio`` (an encoded file, or 16 kHz mono float32 in [-1, 1]).
 
@@ -120,6 +135,7 @@ class Ingress:
         limits and errors apply; errors are raised as the typed exceptions of
         :mod:`serve_app.wire` (``status_code``, ``code`` and ``param`` attached).
         """
+        self._keep_gauges_fresh()
         decode_options = parse_request_options(options)
         with self.pipeline.admit() as admission:
             return await admission.transcribe(audio, decode_options)
@@ -163,6 +179,7 @@ class Ingress:
         }
 
     def observe(self, route: str, status: int, seconds: float, code: str | None) -> None:
+        self._keep_gauges_fresh()
         self._metrics.record_request(route, status, seconds, code)
         if self._test_leak_bytes:
             self._test_leaked.append(b"\x01" * self._test_leak_bytes)

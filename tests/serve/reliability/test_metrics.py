@@ -65,6 +65,19 @@ def _sample(page: str, name: str, **labels: str) -> float:
     return total
 
 
+def _fail_one_row() -> None:
+    """A chunk with no samples, straight at a Transcriber: a failed row, returned as
+    its error (what a row that breaks in a batch does)."""
+    from ray import serve
+
+    from serve_app.engine.options import DecodeOptions
+    from serve_app.wire import ChunkJob, ReverbServeError
+
+    handle = serve.get_deployment_handle("Transcriber", app_name=RELIABLE_APP)
+    job = ChunkJob(None, 0, DecodeOptions(decoding_mode="ctc_greedy_search"))  # type: ignore[arg-type]
+    assert isinstance(handle.decode.remote(job).result(timeout_s=60), ReverbServeError)
+
+
 def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
     url = serve_cluster.reliable_url
     clip = wav_bytes(speech(30.0, 11))  # two chunks
@@ -74,6 +87,7 @@ def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
     assert "transcript.text.delta" in streamed.text
     junk = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.wav", b"junk" * 100)}, timeout=60)
     assert junk.status_code == 415
+    _fail_one_row()
     pids = transcriber_pids(serve_cluster.dashboard_url)
     kill_under_load(url, clip, pids[0], started_after=4)
 
