@@ -28,6 +28,35 @@ CLIENT_CLOSED_REQUEST = 499
 """The status the edge records for a client that hung up before any answer."""
 
 
+EXPORTED_METRICS: dict[str, str] = {
+    # Ingress
+    "ray_reverb_requests_total": "counter",
+    "ray_reverb_request_seconds": "histogram",
+    "ray_reverb_rejections_total": "counter",
+    "ray_reverb_audio_received_seconds_total": "counter",
+    "ray_reverb_audio_seconds_total": "counter",
+    "ray_reverb_queue_audio_seconds": "gauge",
+    "ray_reverb_queued_requests": "gauge",
+    "ray_reverb_sse_first_delta_seconds": "histogram",
+    "ray_reverb_chunk_retries_total": "counter",
+    # Transcriber
+    "ray_reverb_transcriber_batches_total": "counter",
+    "ray_reverb_transcriber_rows_total": "counter",
+    "ray_reverb_transcriber_failed_rows_total": "counter",
+    "ray_reverb_transcriber_forwards_total": "counter",
+    "ray_reverb_transcriber_real_frames_total": "counter",
+    "ray_reverb_transcriber_padded_frames_total": "counter",
+    "ray_reverb_transcriber_batch_rows": "histogram",
+    "ray_reverb_transcriber_batch_seconds": "histogram",
+    "ray_reverb_transcriber_batch_rtf": "histogram",
+    "ray_reverb_transcriber_batch_padding_efficiency": "histogram",
+}
+"""Every metric defined below, as Ray exports it (``ray_`` prefixed), and its Prometheus
+type: what dashboards may query. ``tests/serve/reliability/test_metrics.py`` checks
+that a running app exports each, and the Grafana dashboard's test that it names no
+other."""
+
+
 @dataclass
 class BatchStats:
     """Running totals for one Transcriber replica since it started."""

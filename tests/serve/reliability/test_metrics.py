@@ -14,33 +14,9 @@ import pytest
 from fault_tools import TRANSCRIPTIONS, kill_under_load, transcriber_pids, wait_for
 from serve_helpers import RELIABLE_APP, wav_bytes
 
-pytestmark = pytest.mark.serve
+from serve_app.serve.metrics import EXPORTED_METRICS
 
-OPERATOR_METRICS = {
-    # Ingress
-    "ray_reverb_requests_total": "counter",
-    "ray_reverb_request_seconds": "histogram",
-    "ray_reverb_rejections_total": "counter",
-    "ray_reverb_audio_received_seconds_total": "counter",
-    "ray_reverb_audio_seconds_total": "counter",
-    "ray_reverb_queue_audio_seconds": "gauge",
-    "ray_reverb_queued_requests": "gauge",
-    "ray_reverb_sse_first_delta_seconds": "histogram",
-    "ray_reverb_chunk_retries_total": "counter",
-    # Transcriber
-    "ray_reverb_transcriber_batches_total": "counter",
-    "ray_reverb_transcriber_rows_total": "counter",
-    "ray_reverb_transcriber_failed_rows_total": "counter",
-    "ray_reverb_transcriber_forwards_total": "counter",
-    "ray_reverb_transcriber_real_frames_total": "counter",
-    "ray_reverb_transcriber_padded_frames_total": "counter",
-    "ray_reverb_transcriber_batch_rows": "histogram",
-    "ray_reverb_transcriber_batch_seconds": "histogram",
-    "ray_reverb_transcriber_batch_rtf": "histogram",
-    "ray_reverb_transcriber_batch_padding_efficiency": "histogram",
-}
-"""Name (as Ray exports it, ``ray_`` prefixed) and Prometheus type; the Grafana
-dashboard's test checks its queries against the same names."""
+pytestmark = pytest.mark.serve
 
 
 def scrape() -> str:
@@ -96,7 +72,7 @@ def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
         page = scrape()
         missing = [
             name
-            for name, kind in OPERATOR_METRICS.items()
+            for name, kind in EXPORTED_METRICS.items()
             if not re.search(rf"^# HELP {name} \S", page, re.MULTILINE)
             or f"# TYPE {name} {kind}" not in page
         ]
