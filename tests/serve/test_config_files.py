@@ -22,7 +22,7 @@ from serve_app.serve.transcriber_deployment import Transcriber
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILES = [REPO_ROOT / "serve_config.yaml", *sorted((REPO_ROOT / "configs").glob("*.yaml"))]
-EXPECTED_GPUS = {"serve_config.yaml": 1, "local.yaml": 0, "multi_gpu.yaml": 1}
+EXPECTED_GPUS = {"serve_config.yaml": 1, "local.yaml": 0, "multi_gpu.yaml": 1, "single_gpu.yaml": 1}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -95,3 +95,16 @@ def test_local_serves_the_bundled_model_on_cpu():
     assert args.device == "cpu"
     assert args.model == "models/demo"
     assert args.served_model_name == "demo"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_no_config_ships_a_key_or_forces_offline(path):
+    """A key in a published file protects nothing; auth is on by naming ``api_key_env``
+    (the Ingress refuses to start while it is empty). Whether replicas may download
+    the model is the operator's choice, made in the nodes' environment."""
+    for app in _apps(path):
+        assert "api_key" not in app["args"], path.name
+        env_vars = app.get("runtime_env", {}).get("env_vars", {})
+        assert not {"HF_HUB_OFFLINE", "HF_TOKEN"} & set(env_vars), path.name
+        if key_env := app["args"].get("api_key_env"):
+            assert key_env not in env_vars, f"{path.name} ships a value for {key_env}"
