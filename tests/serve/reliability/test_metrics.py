@@ -63,9 +63,14 @@ def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
     assert "transcript.text.delta" in streamed.text
     junk = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.wav", b"junk" * 100)}, timeout=60)
     assert junk.status_code == 415
-    _fail_one_row()
     pids = transcriber_pids(serve_cluster.dashboard_url)
     kill_under_load(url, clip, pids[0], started_after=4)
+    wait_for(
+        lambda: len(transcriber_pids(serve_cluster.dashboard_url)) == 2,
+        120,
+        "Serve replaced the killed replica",
+    )
+    _fail_one_row()  # after the kill: a killed replica's counters die with it
 
     deadline = time.monotonic() + 90  # Ray exports every few seconds
     while True:
@@ -86,8 +91,3 @@ def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
         time.sleep(2)
     assert _sample(page, "ray_reverb_audio_received_seconds_total", application=RELIABLE_APP) > 0
     assert _sample(page, "ray_reverb_sse_first_delta_seconds_count", application=RELIABLE_APP) > 0
-    wait_for(
-        lambda: len(transcriber_pids(serve_cluster.dashboard_url)) == 2,
-        120,
-        "Serve replaced the killed replica",
-    )
