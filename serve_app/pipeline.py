@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from serve_app.audio_budget import DecodedAudioBudget
 from serve_app.capacity import ModelCapacity, QueuePolicy, ThroughputMeter
 from serve_app.engine.audio import as_waveform, duration_seconds
 from serve_app.engine.chunking import SAMPLE_RATE, chunk_jobs, merge_chunks
@@ -42,7 +42,6 @@ from serve_app.wire import (
     ChunkResult,
     DeadlineExceededError,
     InvalidRequestError,
-    OverloadedError,
     Transcript,
     upload_too_large,
 )
@@ -114,37 +113,6 @@ def plan_request(
     waveform = as_waveform(audio, max_seconds=max_seconds, reserve=reserve)
     jobs = chunk_jobs(waveform, options)
     return Plan(jobs=jobs, duration=duration_seconds(waveform), options=options)
-
-
-class DecodedAudioBudget:
-    """How much decoded audio one Ingress holds at once, in samples.
-
-    A few hundred kB of Opus decode to hundreds of MB, so counting requests bounds
-    nothing; counting what their waveforms will occupy does. Decodes run in worker
-    threads, hence the lock.
-    """
-
-    def __init__(self, max_seconds: float) -> None:
-        self.max_samples = round(max_seconds * SAMPLE_RATE)
-        self._held = 0
-        self._lock = threading.Lock()
-
-    @property
-    def held_seconds(self) -> float:
-        return self._held / SAMPLE_RATE
-
-    def reserve(self, samples: int) -> None:
-        with self._lock:
-            if self._held + samples > self.max_samples:
-                raise OverloadedError(
-                    "The server holds as much decoded audio as it may "
-                    f"({self.max_samples / SAMPLE_RATE:g} s); retry shortly."
-                )
-            self._held += samples
-
-    def release(self, samples: int) -> None:
-        with self._lock:
-            self._held -= samples
 
 
 class TranscriptionPipeline:

@@ -39,6 +39,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.serve.client_limit import PerClientLimit
 from serve_app.serve.http_errors import ERROR_CODE_STATE_KEY, error_response
 from serve_app.serve.metrics import CLIENT_CLOSED_REQUEST
 from serve_app.wire import (
@@ -46,7 +47,6 @@ from serve_app.wire import (
     BodyTimeoutError,
     InvalidRequestError,
     OverloadedError,
-    RateLimitError,
     ReservedHeaderError,
     ReverbServeError,
     upload_too_large,
@@ -122,11 +122,12 @@ class EdgeMiddleware:
             backend=backend,
         )
         if config.max_requests_per_client is not None:
-            inner = _PerClientLimit(
+            inner = PerClientLimit(
                 inner,
                 limit=config.max_requests_per_client,
                 id_header=config.client_id_header,
                 retry_after_s=config.retry_after_s,
+                counts=_is_transcription,
             )
         if backend.api_key is not None:
             inner = _BearerAuth(inner, api_key=backend.api_key)
@@ -163,6 +164,10 @@ def route_path(scope: Scope) -> str:
     if root and path.startswith(root):
         path = path[len(root) :] or "/"
     return path
+
+
+def _is_transcription(scope: Scope) -> bool:
+    return scope.get("method") == "POST" and route_path(scope) == TRANSCRIPTIONS_PATH
 
 
 def route_label(scope: Scope) -> str:
@@ -234,55 +239,6 @@ class _BearerAuth:
         return False
 
 
-class _PerClientLimit:
-    """429 for a transcription from a client that already holds
-    ``max_requests_per_client`` of them on this replica, from arrival until its
-    response has been sent (SSE included), so one client cannot fill the queue that
-    every client shares. Clients are told apart by the peer address, or by
-    ``client_id_header`` when a trusted proxy sets it; counts of clients with nothing
-    held are dropped, so the table is no bigger than the requests held."""
-
-    def __init__(
-        self, app: ASGIApp, *, limit: int, id_header: str | None, retry_after_s: int
-    ) -> None:
-        self.app = app
-        self._limit = limit
-        self._retry_after_s = retry_after_s
-        self._id_header = id_header.lower().encode("latin-1") if id_header else None
-        self._held: dict[str, int] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("method") != "POST" or route_path(scope) != TRANSCRIPTIONS_PATH:
-            await self.app(scope, receive, send)
-            return
-        client = self._client(scope)
-        held = self._held.get(client, 0)
-        if held >= self._limit:
-            error = RateLimitError(
-                f"This client already has {held} transcriptions in progress, the most one "
-                "client may have; retry when one has finished."
-            )
-            await error_response(error, retry_after_s=self._retry_after_s)(scope, receive, send)
-            return
-        self._held[client] = held + 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            left = self._held[client] - 1
-            if left:
-                self._held[client] = left
-            else:
-                del self._held[client]
-
-    def _client(self, scope: Scope) -> str:
-        if self._id_header is not None:
-            for name, value in scope.get("headers", []):
-                if name == self._id_header:
-                    return "h:" + value.decode("latin-1")[:256]
-        peer = scope.get("client")
-        return "a:" + (peer[0] if peer else "unknown")
-
-
 class _Intake:
     """Transcription bodies: multipart, within the declared-size limit, at most
     ``max_concurrent_uploads`` arriving at once, each cut with 408 when it arrives
@@ -299,7 +255,7 @@ class _Intake:
         self._uploads = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("method") != "POST" or route_path(scope) != TRANSCRIPTIONS_PATH:
+        if not _is_transcription(scope):
             await self.app(scope, receive, send)
             return
         config = self._backend.config
