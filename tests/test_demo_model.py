@@ -213,6 +213,25 @@ def test_training_stream_keeps_fillers_only_in_verbatim_targets():
     assert len({tuple(style) for _, style in counts}) == 2  # both styles are trained
 
 
+def test_onset_labels_move_later_by_the_delay_and_never_past_the_last_frame():
+    """``--onset-delay-ms`` shifts every word's spike by whole frames, tokens kept in
+    order; a word that would land past the utterance's end is cut, not wrapped."""
+    import sentencepiece as spm
+
+    from scripts.demo_model.data import Utterance, onset_labels
+
+    sp = spm.SentencePieceProcessor(model_file=str(MODEL_DIR / "tk.model"))
+    words = ["call", "the", "team"]
+    times = [(0.0, 0.2), (0.4, 0.5), (0.9, 1.0)]
+    utt = Utterance(words, words, np.zeros(16000, np.float32), times, Voice("en-us", "", 160, 50))
+    plain = onset_labels(utt, sp, 25, verbatim=True)
+    late = onset_labels(utt, sp, 25, verbatim=True, delay_frames=2)
+    assert plain.nonzero().squeeze(1).tolist() == [0, 10, 22]
+    assert late.nonzero().squeeze(1).tolist() == [2, 12, 24]
+    assert late[[2, 12, 24]].tolist() == plain[[0, 10, 22]].tolist()
+    assert onset_labels(utt, sp, 25, verbatim=True, delay_frames=3).count_nonzero() == 2
+
+
 def test_widened_causal_convolution_keeps_its_output_past_the_first_frames():
     """The recipe's causal-to-centred step must not change what a stage learnt."""
     from wenet.transformer.convolution import ConvolutionModule

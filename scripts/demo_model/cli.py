@@ -91,6 +91,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="share of utterances spoken as continuous speech by espeak-ng (the rest word-joined)",
     )
     parser.add_argument(
+        "--onset-delay-ms",
+        type=float,
+        default=0.0,
+        help="onset labels this long after each word's start (40 ms frames); the "
+        "calibration then moves word times back",
+    )
+    parser.add_argument(
         "--chunk-from-step",
         type=int,
         default=300,

@@ -183,6 +183,7 @@ class ExampleStream:
         long_fraction: float = 0.0,
         long_from_pool: int = 0,
         continuous_share: float = 0.0,
+        onset_delay_frames: int = 0,
     ) -> None:
         self.plan, self.lexicon, self.sp = plan, lexicon, sp
         self.seed, self.pool_size = seed, pool_size
@@ -194,6 +195,10 @@ class ExampleStream:
         # Share of utterances spoken as continuous speech (espeak-ng in one go); the
         # rest are word-joined. See models/demo/README.md for the share's reasons.
         self.continuous_share = continuous_share
+        # Onset labels this many encoder frames after each word's true start: a causal
+        # encoder has then heard the word's first sounds when it must spike. The
+        # calibrated timings adjustment takes the delay back out of the word times.
+        self.onset_delay_frames = onset_delay_frames
 
     def pool(self, k: int) -> list[Example]:
         """Pool ``k``, seeded by (seed, k) alone: pools can be built in any thread or order."""
@@ -242,7 +247,13 @@ class ExampleStream:
         return Example(
             feats,
             [i + 1 for i in self.sp.encode(" ".join(words))],
-            onset_labels(utt, self.sp, encoder_frames(feats.shape[0]), verbatim=verbatim),
+            onset_labels(
+                utt,
+                self.sp,
+                encoder_frames(feats.shape[0]),
+                verbatim=verbatim,
+                delay_frames=self.onset_delay_frames,
+            ),
             [1.0, 0.0] if verbatim else [0.0, 1.0],
         )
 
@@ -252,13 +263,15 @@ def encoder_frames(num_feats: int) -> int:
     return ((num_feats - 3) // 2 + 1 - 3) // 2 + 1
 
 
-def onset_labels(utt: Utterance, sp: Any, num_frames: int, verbatim: bool) -> torch.Tensor:
+def onset_labels(
+    utt: Utterance, sp: Any, num_frames: int, verbatim: bool, delay_frames: int = 0
+) -> torch.Tensor:
     """Frame targets that put each word's tokens on the frames at its true start.
 
     An auxiliary cross-entropy on these breaks CTC's all-blank plateau within a few
     hundred steps (plain CTC needs thousands) and teaches spikes at word onsets, so
-    aligned word starts need no correction. Non-verbatim labels leave fillers and
-    repeated words blank.
+    aligned word starts need no correction (``delay_frames`` later, they need the
+    calibrated one). Non-verbatim labels leave fillers and repeated words blank.
     """
     labels = torch.zeros(num_frames, dtype=torch.long)
     j = 0
@@ -268,7 +281,7 @@ def onset_labels(utt: Utterance, sp: Any, num_frames: int, verbatim: bool) -> to
             j += 1
         if not keep:
             continue
-        k = round(start / 0.04)
+        k = round(start / 0.04) + delay_frames
         for n, piece in enumerate(sp.encode(word)):
             if k + n < num_frames:
                 labels[k + n] = piece + 1

@@ -105,6 +105,7 @@ def training_stream(
         long_fraction=args.long_fraction,
         long_from_pool=0 if args.init_from else args.long_from_pool,
         continuous_share=args.continuous_share,
+        onset_delay_frames=round(args.onset_delay_ms / 40),
     )
 
 
