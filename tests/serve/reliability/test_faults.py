@@ -179,11 +179,17 @@ def test_an_args_change_rolls_out_new_replicas_under_load_without_5xx(serve_clus
     url = serve_cluster.two_ingress_url
     clip = wav_bytes(speech(10.0, 14))
     expected = httpx.post(url + TRANSCRIPTIONS, files={"file": ("a.wav", clip)}, timeout=120)
-    before = set(replica_pids(serve_cluster.dashboard_url, TWO_INGRESS_APP, "Ingress"))
-    assert len(before) == 2, before
+
+    def ingress_pids() -> set[int]:
+        return set(replica_pids(serve_cluster.dashboard_url, TWO_INGRESS_APP, "Ingress"))
+
+    # An earlier test may have killed an Ingress replica; Serve replaces it, so wait
+    # for both before taking the "before" set rather than racing the restart.
+    wait_for(lambda: len(ingress_pids()) == 2, 60, "both Ingress replicas running")
+    before = ingress_pids()
 
     def rolled_out() -> bool:
-        now = set(replica_pids(serve_cluster.dashboard_url, TWO_INGRESS_APP, "Ingress"))
+        now = ingress_pids()
         return len(now) == 2 and not now & before
 
     try:
