@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_QUIET ?= -q
-LINT_PATHS := serve_app tests scripts bench examples
+LINT_PATHS := serve_app tests scripts bench examples docker
 
 .PHONY: run test test-fast lint format lock tiny-model full-size-model demo-model clean-venv docker-smoke
 

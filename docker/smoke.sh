@@ -135,64 +135,11 @@ yaml.safe_dump(config, open(sys.argv[1], "w"), sort_keys=False)
 EOF
 chmod 644 "$WORK/smoke.yaml"
 
-# A stand-in for the hub on 127.0.0.1: the API calls and file layout huggingface_hub's
-# snapshot_download uses (repo info, tree, HEAD + GET of /resolve/), serving the bundled
-# demo model as Revai/reverb-asr. Every request is logged, so the second start can
-# show that no model file was fetched again.
-cat >"$WORK/hub.py" <<'EOF'
-import hashlib, json, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import urlsplit
-
-port, repo, folder, log_path = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
-files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-oids = {name: hashlib.sha1(body).hexdigest() for name, body in files.items()}
-commit = hashlib.sha1("".join(oids.values()).encode()).hexdigest()
-log = open(log_path, "a", buffering=1)
-JSON = [("Content-Type", "application/json")]
-
-
-class Hub(BaseHTTPRequestHandler):
-    def send(self, status, body=b"", headers=(), head=False):
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def route(self, head):
-        path = urlsplit(self.path).path
-        log.write(f"{time.time():.3f} {self.command} {path}\n")
-        api = f"/api/models/{repo}/"
-        if path.startswith(api + "revision/"):
-            info = {"id": repo, "sha": commit, "siblings": [{"rfilename": n} for n in files]}
-            return self.send(200, json.dumps(info).encode(), JSON, head)
-        if path.startswith(api + "tree/"):
-            tree = [{"type": "file", "path": n, "size": len(b), "oid": oids[n]} for n, b in files.items()]
-            return self.send(200, json.dumps(tree).encode(), JSON, head)
-        prefix = f"/{repo}/resolve/"
-        name = path[len(prefix):].partition("/")[2] if path.startswith(prefix) else None
-        if name in files:
-            headers = [("X-Repo-Commit", commit), ("ETag", f'"{oids[name]}"')]
-            return self.send(200, files[name], headers, head)
-        self.send(404, b'{"error": "not found"}', [("X-Error-Code", "EntryNotFound"), *JSON], head)
-
-    def do_GET(self):
-        self.route(head=False)
-
-    def do_HEAD(self):
-        self.route(head=True)
-
-    def log_message(self, *args):
-        pass
-
-
-ThreadingHTTPServer(("127.0.0.1", port), Hub).serve_forever()
-EOF
-"$PY" "$WORK/hub.py" "$HUB_PORT" Revai/reverb-asr models/demo "$WORK/hub.log" &
+# A stand-in for the hub on 127.0.0.1 (tests/hub_server.py, the one the download tests
+# use): the API calls and file layout huggingface_hub's snapshot_download uses, serving
+# the bundled demo model as Revai/reverb-asr. Every request is logged, so the second
+# start can show that no model file was fetched again.
+"$PY" tests/hub_server.py "$HUB_PORT" Revai/reverb-asr models/demo "$WORK/hub.log" &
 HUB_PID=$!
 for _ in $(seq 50); do
   curl -fsS -o /dev/null "http://127.0.0.1:$HUB_PORT/api/models/Revai/reverb-asr/revision/main" 2>/dev/null && break
@@ -240,23 +187,7 @@ start_container() {  # name -> starts it, waits for /readyz 200
 transcribe() {  # name -> transcribes $CLIP through the openai SDK and checks the text
   local t
   t=$(now)
-  "$PY" - "$HTTP_PORT" "$CLIP" <<'EOF'
-import json, re, sys
-from openai import OpenAI
-
-port, clip = sys.argv[1], sys.argv[2]
-manifest = json.load(open("tests/data/demo/manifest.json"))
-(expected,) = [c["text"] for c in manifest["clips"] if c["file"] == clip]
-client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
-with open(f"tests/data/demo/{clip}", "rb") as f:
-    r = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
-                                           timestamp_granularities=["word"])
-words = lambda s: re.sub(r"[^a-z0-9' ]", " ", s.lower()).split()
-print(f"  {clip}: {r.text!r} ({len(r.words or [])} words timed, {r.duration:.2f} s of audio)")
-print(f"  manifest: {expected!r}")
-if words(r.text) != words(expected):
-    sys.exit("transcript differs from the manifest")
-EOF
+  "$PY" docker/smoke_client.py "$HTTP_PORT" "$CLIP" transcribe
   step "   $(label "$1") openai SDK transcription, text = manifest" "$(took "$t")"
 }
 
@@ -283,29 +214,7 @@ docker exec "$RUN_ID-1" sh -c 'cd /models/models--Revai--reverb-asr/snapshots/* 
 transcribe "$RUN_ID-1"
 
 t=$(now)
-"$PY" - "$HTTP_PORT" "$CLIP" <<'EOF'
-import io, json, sys
-import openai
-from openai import OpenAI
-
-port, clip = sys.argv[1], sys.argv[2]
-manifest = json.load(open("tests/data/demo/manifest.json"))
-(expected,) = [c["text"] for c in manifest["clips"] if c["file"] == clip]
-client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
-with open(f"tests/data/demo/{clip}", "rb") as f:
-    events = list(client.audio.transcriptions.create(model="whisper-1", file=f, stream=True))
-kinds = [e.type for e in events]
-print(f"  stream=true: {len(kinds)} events, {kinds.count('transcript.text.delta')} deltas, last {kinds[-1]}")
-if kinds[-1] != "transcript.text.done" or events[-1].text.strip() != expected:
-    sys.exit(f"streamed transcript differs: {events[-1]!r}")
-try:
-    client.audio.transcriptions.create(model="whisper-1", file=("notes.wav", io.BytesIO(b"not audio" * 100)))
-    sys.exit("an upload that is not audio was accepted")
-except openai.APIStatusError as exc:
-    print(f"  not audio: {exc.status_code} {exc.body.get('code') if isinstance(exc.body, dict) else exc.body}")
-    if exc.status_code != 415:
-        sys.exit("expected 415")
-EOF
+"$PY" docker/smoke_client.py "$HTTP_PORT" "$CLIP" stream
 step "   first start:  SSE stream (openai SDK) and a 415 for non-audio" "$(took "$t")"
 
 t=$(now)

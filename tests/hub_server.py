@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TextIO
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -23,12 +26,14 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class HubRepo:
     repo_id: str
     files: dict[str, bytes]
-    token: str
-    """The one bearer token that may read it (the repository is gated)."""
+    token: str | None
+    """The one bearer token that may read it (the repository is gated); None: public."""
     requests: list[tuple[str, str]] = field(default_factory=list)
+    log: TextIO | None = None
+    """Where each request is also written as a line, for a caller in another process."""
 
     @classmethod
-    def from_folder(cls, repo_id: str, folder: Path, token: str) -> HubRepo:
+    def from_folder(cls, repo_id: str, folder: Path, token: str | None) -> HubRepo:
         files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
         return cls(repo_id, files, token)
 
@@ -51,7 +56,10 @@ def _handler(repo: HubRepo) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, body: bool) -> None:
             repo.requests.append((self.command, self.path))
-            if self.headers.get("authorization") != f"Bearer {repo.token}":
+            if repo.log:
+                repo.log.write(f"{time.time():.3f} {self.command} {self.path}\n")
+            gated = repo.token is not None
+            if gated and self.headers.get("authorization") != f"Bearer {repo.token}":
                 self._send(401, b'{"error": "gated"}', {"X-Error-Code": "GatedRepo"}, body)
                 return
             path = self.path.split("?", 1)[0]
@@ -92,9 +100,9 @@ def _handler(repo: HubRepo) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serving(repo: HubRepo) -> Iterator[str]:
-    """The stand-in hub for ``repo`` on a free loopback port; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(repo))
+def serving(repo: HubRepo, port: int = 0) -> Iterator[str]:
+    """The stand-in hub for ``repo`` on a loopback port (free by default); yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(repo))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -103,3 +111,16 @@ def serving(repo: HubRepo) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def main(argv: list[str]) -> None:
+    """``python tests/hub_server.py PORT REPO FOLDER LOG``: a public stand-in hub in
+    its own process until killed, each request appended to LOG (docker/smoke.sh)."""
+    port, repo_id, folder, log_path = argv
+    repo = HubRepo.from_folder(repo_id, Path(folder), token=None)
+    with open(log_path, "a", buffering=1) as repo.log, serving(repo, int(port)):
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
