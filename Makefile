@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP_QUIET ?= -q
 LINT_PATHS := serve_app tests scripts bench examples docker
 
-.PHONY: run test test-fast lint format lock tiny-model full-size-model demo-model clean-venv docker-smoke
+.PHONY: run test test-fast lint format lock tiny-model full-size-model demo-model clean-venv docker-smoke system-packages
 
 $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11+ or run 'make PYTHON=python3 ...'"; exit 1; }
@@ -22,8 +22,20 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 run: $(STAMP)
 	$(PY) -m serve_app.cli run $(ARGS)
 
+# System packages the tests use, installed with apt-get when missing: espeak-ng (the
+# demo recipe's speech) and Debian's Chromium with its WebDriver (the page tests).
+system-packages:
+	@missing=""; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
 # Lint and every test, slow ones included (what CI runs).
-test: lint
+test: lint system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quick loop: lint and the tests not marked slow (no Ray cluster, no demo model).

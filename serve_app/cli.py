@@ -39,7 +39,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = Path(args.config)
     url = f"http://127.0.0.1:{PORT}"
     print(f"reverb-serve: serving {config} on {url} (OpenAI base_url {url}/v1); Ctrl-C stops")
-    print("once the log says the app is running (~40 s on 2 cores), try:")
+    print("once the log says the app is running (~40 s on 2 cores), open the page")
+    print(f"  {url}/")
+    print("in a browser (upload or record), or try:")
     print(
         f"  curl -s {url}/v1/audio/transcriptions -F file=@{sample} "
         "-F response_format=verbose_json -F 'timestamp_granularities[]=word'",

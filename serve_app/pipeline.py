@@ -297,6 +297,10 @@ class Admission:
         async with self._before_deadline():
             results = await _decode_all(plan.jobs, self._decode_chunk)
         self._pipeline.observer.audio_transcribed(plan.duration)
+        return self.merged(results, plan)
+
+    def merged(self, results: list[ChunkResult], plan: Plan) -> Transcript:
+        """The plan's chunk results, all of them in order, as one transcript."""
         return transcript_from_chunks(results, plan, model=self._pipeline.model_name)
 
     async def results_in_order(self, plan: Plan) -> AsyncIterator[ChunkResult]:

@@ -48,7 +48,8 @@ from serve_app.serve.http_models import (
     TranscriptionJson,
     TranscriptionVerboseJson,
 )
-from serve_app.wire import ModelNotFoundError, ReverbServeError, UnknownModelError
+from serve_app.serve.web_routes import add_web_routes
+from serve_app.wire import ChunkResult, ModelNotFoundError, ReverbServeError, UnknownModelError
 
 log = logging.getLogger("ray.serve")
 
@@ -131,6 +132,7 @@ def create_http_app(backend_provider: Callable[[], HttpBackend]) -> FastAPI:
     app.state.backend_provider = backend_provider
     app.add_middleware(EdgeMiddleware, backend=backend_provider)
     _add_routes(app)
+    add_web_routes(app)
     return app
 
 
@@ -190,6 +192,7 @@ async def create_transcription(request: Request, backend: Backend, form: Multipa
                 plan,
                 request_id_of(request),
                 first_delta=lambda: backend.observe_first_delta(time.perf_counter() - arrived),
+                final_body=_streamed_body(form, admission, plan),
             )
             return _AdmittedStream(events, admission)
         transcript = await admission.transcript(plan)
@@ -238,25 +241,56 @@ def _audio_name(filename: str | None) -> str:
     return name or "audio"
 
 
+def _streamed_body(
+    form: TranscriptionForm, admission: Admission, plan: Plan
+) -> Callable[[list[ChunkResult]], dict[str, Any]] | None:
+    """What the stream's ``done`` event carries besides the text: a Reverb extension.
+
+    OpenAI streams only ``json`` transcriptions; with ``stream=true`` and
+    ``response_format=verbose_json``, the done event's ``transcription`` holds the
+    verbose_json body (segments, words, confidences, as the granularities ask), so a
+    client (the browser page) gets the live deltas and the timed words from one upload.
+    """
+    if form.response_format != "verbose_json":
+        return None
+
+    def body(results: list[ChunkResult]) -> dict[str, Any]:
+        transcript = admission.merged(results, plan)
+        rendered, _ = render(transcript, "verbose_json", timestamp_granularities=form.granularities)
+        return rendered  # type: ignore[return-value]  # verbose_json renders a dict
+
+    return body
+
+
 async def _sse_events(
-    admission: Admission, plan: Plan, request_id: str | None, first_delta: Callable[[], None]
+    admission: Admission,
+    plan: Plan,
+    request_id: str | None,
+    first_delta: Callable[[], None],
+    final_body: Callable[[list[ChunkResult]], dict[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
-    """OpenAI's transcription stream: text deltas in chunk order, then the full text;
-    ``first_delta`` is called as the first delta goes out (a metric).
+    """OpenAI's transcription stream: text deltas in chunk order, then the full text
+    (and ``final_body``'s extension, when given); ``first_delta`` is called as the first
+    delta goes out (a metric).
 
     Errors after the 200 has gone out are sent as an ``error`` event, which the OpenAI
     SDK raises as ``APIError``; server-side ones quote the request id, as a 500 would.
     """
     text = ""
+    results: list[ChunkResult] = []
     try:
         async for result in admission.results_in_order(plan):
+            results.append(result)
             delta = text_delta(text, result.text)
             if delta:
                 if not text:
                     first_delta()
                 text += delta
                 yield _sse({"type": "transcript.text.delta", "delta": delta})
-        yield _sse({"type": "transcript.text.done", "text": text})
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": text}
+        if final_body is not None:
+            done["transcription"] = final_body(results)
+        yield _sse(done)
     except ReverbServeError as exc:
         if is_fault(exc):
             log.warning("request %s failed mid-stream: %r", request_id, exc)

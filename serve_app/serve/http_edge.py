@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app.serve.client_limit import PerClientLimit
 from serve_app.serve.http_errors import ERROR_CODE_STATE_KEY, error_response
 from serve_app.serve.metrics import CLIENT_CLOSED_REQUEST
+from serve_app.serve.web_routes import is_page_path
 from serve_app.wire import (
     AuthenticationError,
     BodyTimeoutError,
@@ -57,7 +58,16 @@ if TYPE_CHECKING:
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-"""Routes an orchestrator probes without credentials; every other route needs the key."""
+"""Routes an orchestrator probes without credentials; every other route needs the key,
+except the browser page (see :func:`is_open_path`)."""
+
+
+def is_open_path(path: str) -> bool:
+    """Routes served without the API key: the health probes and the browser page, which
+    holds no secret (the key the user types goes only on the page's own API calls)."""
+    return path in OPEN_PATHS or is_page_path(path)
+
+
 REQUEST_ID_STATE_KEY = "request_id"
 REQUEST_STARTED_STATE_KEY = "started_at"
 """``time.perf_counter()`` when the edge received the request."""
@@ -219,7 +229,7 @@ class _BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
-            route_path(scope) in OPEN_PATHS
+            is_open_path(route_path(scope))
             or scope.get("method") == "OPTIONS"
             or self._authorized(scope)
         ):

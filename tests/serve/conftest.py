@@ -16,6 +16,9 @@ Apps (one Serve instance, one HTTP port):
   the model at a time, for the fault tests in ``reliability/`` (replica deaths,
   disconnects), which kill or starve its replicas without touching the other apps.
 * ``two-ingress`` at ``/two-ingress``: two Ingress replicas, for killing one of them.
+* ``demo`` at ``/demo``: the bundled demo model (real speech), for the browser-page
+  tests; the guarded app's CORS allowlist also names ``http://127.0.0.1:<port>``, so a
+  page served from ``/demo`` may call it cross-origin through ``http://localhost``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from serve_helpers import (
     BASE_BATCHING,
     CALLER_APP,
     CLIENT_ID_HEADER,
+    DEMO_APP,
+    DEMO_PREFIX,
     DEPLOY_TIMEOUT_S,
     GUARDED_APP,
     GUARDED_PREFIX,
@@ -48,6 +53,7 @@ from serve_helpers import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_MODEL_DIR = REPO_ROOT / "models" / "demo"
 
 
 # --------------------------------------------------------------------------- audio
@@ -85,6 +91,15 @@ class ServeCluster:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def page_origin(self) -> str:
+        """The origin of a page loaded from this Serve instance by its IP address."""
+        return self.base_url
+
+    @property
+    def demo_url(self) -> str:
+        return self.base_url + DEMO_PREFIX
 
     @property
     def guarded_url(self) -> str:
@@ -137,7 +152,7 @@ class ServeCluster:
                         "max_concurrent_uploads": 1,
                         "max_upload_bytes": GUARDED_UPLOAD_LIMIT,
                         "retry_after_s": 2,
-                        "cors_origins": [ALLOWED_ORIGIN],
+                        "cors_origins": [ALLOWED_ORIGIN, self.page_origin],
                         "max_requests_per_client": 1,
                         "client_id_header": CLIENT_ID_HEADER,
                     },
@@ -174,6 +189,16 @@ class ServeCluster:
                     "args": {**common, **(two_ingress_args or {})},
                     "deployments": [
                         {"name": "Ingress", "num_replicas": 2, **small},
+                        {"name": "Transcriber", "ray_actor_options": {"num_cpus": 0.5}},
+                    ],
+                },
+                {
+                    "name": DEMO_APP,
+                    "route_prefix": DEMO_PREFIX,
+                    "import_path": "serve_app.app:build_app",
+                    "args": {**common, "model": str(DEMO_MODEL_DIR), "max_audio_seconds": 300},
+                    "deployments": [
+                        {"name": "Ingress", **small},
                         {"name": "Transcriber", "ray_actor_options": {"num_cpus": 0.5}},
                     ],
                 },

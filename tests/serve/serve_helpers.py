@@ -3,6 +3,10 @@ this folder on sys.path because it holds a conftest.py and no __init__.py)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,8 @@ RELIABLE_APP = "reliable"
 RELIABLE_PREFIX = "/reliable"
 TWO_INGRESS_APP = "two-ingress"
 TWO_INGRESS_PREFIX = "/two-ingress"
+DEMO_APP = "demo"
+DEMO_PREFIX = "/demo"
 API_KEY = "test-key-123"
 GUARDED_UPLOAD_LIMIT = 200_000
 ALLOWED_ORIGIN = "http://allowed.example"
@@ -87,3 +93,45 @@ def multipart_file(payload: bytes, filename: str = "clip.wav") -> tuple[bytes, s
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     return head + payload + tail, f"multipart/form-data; boundary={boundary}"
+
+
+@contextmanager
+def stalled_upload(url: str, headers: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """A transcription upload to ``url`` that sends its first 100 bytes and stalls until
+    the block ends, so it holds an intake place meanwhile (a 1000-byte body that is not
+    audio: it ends in 415). Yields a dict that gets the ``response`` (or the exception)
+    once the upload has finished, after the block."""
+    import httpx
+
+    release, first_piece_sent = threading.Event(), threading.Event()
+    body, content_type = multipart_file(b"\x00" * 1000, filename="big.wav")
+    outcome: dict[str, Any] = {}
+
+    def upload() -> None:
+        def pieces() -> Iterator[bytes]:
+            yield body[:100]
+            first_piece_sent.set()
+            release.wait(30)
+            yield body[100:]
+
+        try:
+            outcome["response"] = httpx.post(
+                url + "/v1/audio/transcriptions",
+                content=pieces(),
+                headers={**headers, "Content-Type": content_type},
+                timeout=60,
+            )
+        except Exception as exc:  # the caller's assertions report it
+            outcome["response"] = exc
+
+    holder = threading.Thread(target=upload)
+    holder.start()
+    try:
+        # A request sent while the stalled upload is still on its way could take the
+        # one intake place first and turn the stalled upload away.
+        assert first_piece_sent.wait(20)
+        time.sleep(0.5)
+        yield outcome
+    finally:
+        release.set()
+        holder.join(60)

@@ -6,7 +6,6 @@ key, a one-request concurrency limit and a 200 kB upload limit.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from serve_helpers import (
     GUARDED_UPLOAD_LIMIT,
     assert_openai_error,
     multipart_file,
+    stalled_upload,
 )
 
 pytestmark = pytest.mark.serve
@@ -209,38 +209,8 @@ def test_over_the_upload_limit_is_503_and_over_the_clients_limit_429(guarded, se
     then show the next request from another client is refused at once with 503 and
     one from the same client (the same peer address, through Ray's proxy) with 429,
     both with Retry-After; once the stalled body completes, both places are free."""
-    import httpx
-
-    release = threading.Event()
-    first_piece_sent = threading.Event()
-    body, content_type = _multipart(1000)
-    outcome: dict[str, object] = {}
-
-    def stalled_upload():
-        def pieces():
-            yield body[:100]
-            first_piece_sent.set()
-            release.wait(30)
-            yield body[100:]
-
-        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": content_type}
-        try:
-            outcome["response"] = httpx.post(
-                serve_cluster.guarded_url + TRANSCRIPTIONS,
-                content=pieces(),
-                headers=headers,
-                timeout=60,
-            )
-        except Exception as exc:  # reported by the assertion below
-            outcome["response"] = exc
-
-    holder = threading.Thread(target=stalled_upload)
-    holder.start()
-    try:
-        # A probe sent while the stalled upload is still on its way could take the one
-        # intake place first and turn the stalled upload away.
-        assert first_piece_sent.wait(20)
-        time.sleep(0.5)
+    stalled_headers = {"Authorization": f"Bearer {API_KEY}"}  # told apart by peer address
+    with stalled_upload(serve_cluster.guarded_url, stalled_headers) as outcome:
         deadline = time.monotonic() + 20
         another_client = {CLIENT_ID_HEADER: "another"}
         while (refused := _post(guarded, clip, another_client)).status_code == 200:
@@ -254,9 +224,6 @@ def test_over_the_upload_limit_is_503_and_over_the_clients_limit_429(guarded, se
         error = assert_openai_error(same_client, 429)
         assert error["code"] == "rate_limit_exceeded"
         assert same_client.headers["retry-after"] == "2"
-    finally:
-        release.set()
-        holder.join(60)
     # The held request completes normally (its body is not audio) and frees the place.
     assert getattr(outcome["response"], "status_code", None) == 415, outcome
     assert _post(guarded, clip).status_code == 200

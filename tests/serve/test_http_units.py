@@ -71,6 +71,22 @@ def test_stream_deltas_come_in_chunk_order_and_release_the_admission():
     assert len(backend.first_deltas) == 1 and backend.first_deltas[0] > 0  # the metric
 
 
+def test_a_verbose_json_stream_ends_with_the_body_the_plain_request_returns():
+    """The Reverb extension the browser page uses: deltas as chunks finish, and the
+    done event's ``transcription`` equal to a non-streamed verbose_json response."""
+    client = _client(FakeBackend())
+    data = {"response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"]}
+    plain = _post(client, chunks_audio(3), **data).json()
+    response = _post(client, chunks_audio(3), stream="true", **data)
+    events = [json.loads(line[6:]) for line in response.text.split("\n\n") if line]
+    assert [e.get("delta") for e in events[:-1]] == ["w0", " w1", " w2"]
+    done = events[-1]
+    assert done["type"] == "transcript.text.done" and done["text"] == plain["text"]
+    assert done["transcription"] == plain
+    json_stream = _post(client, chunks_audio(1), stream="true", response_format="json")
+    assert "transcription" not in json.loads(json_stream.text.split("\n\n")[-2][6:])
+
+
 def test_a_chunk_failing_mid_stream_sends_an_error_event():
     backend = FakeBackend()
     backend.fail_chunk = 2
@@ -431,6 +447,37 @@ def test_api_key_guards_every_route_but_health():
     assert client.get("/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
+
+
+def test_the_browser_page_is_open_with_a_strict_policy_and_nothing_else_is():
+    """The page and its assets need no key (they hold no secret) and carry a CSP that
+    runs only their own scripts; paths that merely look like them stay guarded."""
+    client = _client(FakeBackend(api_key="k"))
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="ui/app.js">' in page.text
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert client.head("/").status_code == 200
+    for asset, kind in [("app.js", "javascript"), ("api.js", "javascript"), ("style.css", "css")]:
+        response = client.get(f"/ui/{asset}")
+        assert response.status_code == 200 and kind in response.headers["content-type"], asset
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["content-security-policy"] == policy
+    assert client.get("/ui/missing.js").status_code == 404
+    assert client.get("/ui/../http_api.py").status_code in (401, 404)
+    assert client.get("/ui/%2e%2e/__init__.py").status_code == 404
+    for guarded in ("/uix", "/index.html", "/v1/models", "/ui"):
+        assert_openai_error(client.get(guarded), 401)
+
+
+def test_the_page_under_a_route_prefix_redirects_to_the_slash_its_links_need():
+    client = TestClient(create_http_app(lambda: FakeBackend()), root_path="/guarded")
+    response = client.get("/guarded", follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"].endswith("/guarded/")
+    assert client.get("/guarded/").status_code == 200
 
 
 @pytest.mark.parametrize(
