@@ -115,3 +115,34 @@ def test_batched_rescoring_handles_an_empty_hypothesis(tiny_model, synth):
         (got,) = batched_attention_rescoring(m.model, [nbest], enc, enc_lens, cat, 0.5, 0.0)
     assert got.tokens == list(ref.tokens)
     assert got.confidences == pytest.approx(ref.tokens_confidence, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_prefix_beams_advanced_chunk_by_chunk_in_changing_batches_equal_the_offline_search(beam):
+    """Live streams: each row's search resumes chunk after chunk, in batches whose
+    members change from chunk to chunk, and reads its n-best at every chunk. At the end
+    each equals the offline search over all its frames; midway, the offline search
+    over the frames so far."""
+    from serve_app.engine.prefix_search import PrefixBeams
+
+    chunk = 8
+    lp = posteriors(4, 48, 30, 3.0, seed=11)
+    streams = [PrefixBeams.start(1, beam, "cpu") for _ in range(4)]
+    starts = [0, 1, 3, 2]  # the step of each stream's first chunk
+    chunks = 48 // chunk
+    for step in range(max(starts) + chunks):
+        ready = [i for i, s in enumerate(starts) if s <= step < s + chunks]
+        together = PrefixBeams.stack([streams[i] for i in ready])
+        frames = torch.cat([lp[i : i + 1, (step - starts[i]) * chunk :][:, :chunk] for i in ready])
+        together.advance(frames)
+        for row, i in enumerate(ready):
+            together.take_frames(row, streams[i])
+            done = (step - starts[i] + 1) * chunk
+            so_far = batched_ctc_prefix_beam_search(
+                lp[i : i + 1, :done], torch.tensor([done]), beam
+            )
+            assert streams[i].nbest()[0].hyps == so_far[0].hyps
+    for i, stream in enumerate(streams):
+        offline = batched_ctc_prefix_beam_search(lp[i : i + 1], torch.tensor([48]), beam)[0]
+        assert stream.nbest()[0].hyps == offline.hyps
+        assert stream.nbest()[0].scores == pytest.approx(offline.scores, abs=1e-9)

@@ -62,3 +62,29 @@ def fbank(
         frame_length_ms=frame_length_ms,
         frame_shift_ms=frame_shift_ms,
     )
+
+
+class IncrementalFbank:
+    """The fbank of a stream whose samples arrive in pieces of any size.
+
+    Each Kaldi frame (25 ms every 10 ms, edges snipped) depends only on its own 400
+    samples, so the frames of the samples so far are final once complete: ``push``
+    returns the frames completed by the new samples and keeps the tail the next frame
+    starts in. Concatenated, the frames equal ``fbank`` of all the samples at once, to
+    float32 rounding (the FFT and mel products run over other numbers of rows).
+    """
+
+    def __init__(self) -> None:
+        self._tail = np.zeros(0, np.float32)
+        self._length = round(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
+        self._shift = round(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
+
+    def push(self, samples: np.ndarray) -> torch.Tensor:
+        """(new frames, mel bins) for 16 kHz float samples in [-1, 1]."""
+        buffer = np.concatenate([self._tail, np.asarray(samples, np.float32)])
+        if len(buffer) < self._length:
+            self._tail = buffer
+            return torch.zeros(0, NUM_MEL_BINS)
+        frames = 1 + (len(buffer) - self._length) // self._shift
+        self._tail = buffer[frames * self._shift :]
+        return fbank(buffer[: (frames - 1) * self._shift + self._length])

@@ -83,76 +83,137 @@ def batched_ctc_prefix_beam_search(
     the best ``beam_size`` survive. Parents and emitted tokens are kept per frame and
     the final prefixes are read back by backtracking, so no token lists are copied.
     """
-    device = log_probs.device
-    batch, frames, _ = log_probs.shape
-    k = min(beam_size, log_probs.shape[-1])
-    beam = beam_size
-    lengths = lengths.to(device)
-    top_lp, top_id = log_probs.topk(k, dim=-1)  # (B, T, k)
-    top_lp = top_lp.double()
-    beams = torch.arange(beam, device=device)
+    beams = PrefixBeams.start(log_probs.shape[0], beam_size, log_probs.device)
+    beams.advance(log_probs, lengths, blank_id)
+    return beams.nbest()
 
-    # State per (row, beam). Every slot starts as the empty prefix; only slot 0 counts.
-    pb = torch.full((batch, beam), _NEG_INF, dtype=torch.float64, device=device)
-    pb[:, 0] = 0.0
-    pnb = torch.full_like(pb, _NEG_INF)
-    last = torch.full((batch, beam), -1, dtype=torch.long, device=device)
-    hashes = torch.zeros((batch, beam), dtype=torch.long, device=device)
-    parents = torch.empty((frames, batch, beam), dtype=torch.long, device=device)
-    emitted = torch.empty((frames, batch, beam), dtype=torch.long, device=device)
 
-    n_cand = beam * (1 + k)
-    cand_index = torch.arange(n_cand, device=device).expand(batch, -1)
-    # Per-frame quantities that do not depend on the beams, for all frames at once.
-    blank_top = top_id == blank_id  # (B, T, k)
-    blank_lp_all = top_lp.masked_fill(~blank_top, _NEG_INF).amax(2)  # (B, T)
-    ext_pb = torch.full((batch, beam * k), _NEG_INF, dtype=torch.float64, device=device)
-    shortest = int(lengths.min()) if batch else 0
-    for t in range(frames):
-        lp, ids, is_blank = top_lp[:, t], top_id[:, t], blank_top[:, t]  # (B, k)
-        blank_lp = blank_lp_all[:, t]
-        total = torch.logaddexp(pb, pnb)  # (B, K)
-        # lp of each prefix's last token when that token is among the top-k, else -inf.
-        same = ids.unsqueeze(1) == last.unsqueeze(2)  # (B, K, k)
-        lp_b = lp.unsqueeze(1).expand(-1, beam, -1)
-        last_lp = torch.where(same, lp_b, torch.full_like(lp_b, _NEG_INF)).amax(2)
-        stay_pb = total + blank_lp.unsqueeze(1)
-        stay_pnb = pnb + last_lp
-        # Extensions: a repeat of the last token only extends from blank-ending paths.
-        ext_pnb = torch.where(same, pb.unsqueeze(2), total.unsqueeze(2)) + lp_b
-        ext_pnb = ext_pnb.masked_fill(is_blank.unsqueeze(1), _NEG_INF)
-        ext_hash = hashes.unsqueeze(2) * _HASH_MUL + ids.unsqueeze(1) + 1
+@dataclass
+class PrefixBeams:
+    """The search's state for a batch of rows, resumable frame after frame.
 
-        # pb then pnb of every candidate, merged in one segmented log-sum-exp.
-        cand_scores = torch.cat([stay_pb, ext_pb, stay_pnb, ext_pnb.flatten(1)], 1)
-        cand_hash = torch.cat([hashes, ext_hash.flatten(1)], 1)  # (B, N)
-        m_pb, m_pnb, score, rep = _merge_same_prefixes(cand_scores, cand_hash, cand_index)
-        pick = score.topk(beam, dim=1).indices  # (B, K)
-        src = rep.gather(1, pick).clamp_max(n_cand - 1)  # candidate index
-        is_ext = src >= beam
-        parent = torch.where(is_ext, (src - beam) // k, src)
-        token = torch.where(is_ext, ids.gather(1, ((src - beam) % k).clamp_min(0)), -1)
+    The offline search runs every frame in one ``advance``; a live stream advances one
+    chunk at a time, and its rows can be taken out of one batch (``row``) and put into
+    another (``stack``) between chunks, so streams that have chunks ready at the same
+    moment share each frame's tensor operations.
+    """
 
-        new_last = torch.where(is_ext, token, last.gather(1, parent))
-        new_pb, new_pnb, new_hash = (
-            m_pb.gather(1, pick),
-            m_pnb.gather(1, pick),
-            cand_hash.gather(1, src),
+    beam: int
+    pb: torch.Tensor  # (B, beam) float64: log score of paths ending in blank
+    pnb: torch.Tensor  # (B, beam) float64: ... ending in the prefix's last token
+    last: torch.Tensor  # (B, beam): the prefix's last token, -1 for the empty prefix
+    hashes: torch.Tensor  # (B, beam) int64: rolling hash naming the prefix
+    parents: list[torch.Tensor]  # per frame, (B, beam): the slot each beam came from
+    emitted: list[torch.Tensor]  # per frame, (B, beam): the token it added, or -1
+
+    @classmethod
+    def start(cls, batch: int, beam: int, device: torch.device | str) -> PrefixBeams:
+        """Every row at the empty prefix (only slot 0 counts)."""
+        pb = torch.full((batch, beam), _NEG_INF, dtype=torch.float64, device=device)
+        pb[:, 0] = 0.0
+        return cls(
+            beam,
+            pb,
+            torch.full_like(pb, _NEG_INF),
+            torch.full((batch, beam), -1, dtype=torch.long, device=device),
+            torch.zeros((batch, beam), dtype=torch.long, device=device),
+            [],
+            [],
         )
-        if t >= shortest:  # rows past their length keep their state
-            active = (t < lengths).unsqueeze(1)
-            parent = torch.where(active, parent, beams.unsqueeze(0))
-            token = torch.where(active, token, -1)
-            new_pb = torch.where(active, new_pb, pb)
-            new_pnb = torch.where(active, new_pnb, pnb)
-            new_last = torch.where(active, new_last, last)
-            new_hash = torch.where(active, new_hash, hashes)
-        parents[t], emitted[t] = parent, token
-        pb, pnb, last, hashes = new_pb, new_pnb, new_last, new_hash
 
-    final = torch.logaddexp(pb, pnb)
-    order = final.argsort(dim=1, descending=True, stable=True)
-    return _backtrack(parents, emitted, order, final)
+    @classmethod
+    def stack(cls, rows: list[PrefixBeams]) -> PrefixBeams:
+        """One batch of single-row states whose histories may differ in length: the
+        history stays with each row (see ``take_frames``)."""
+        cat = lambda name: torch.cat([getattr(r, name) for r in rows])  # noqa: E731
+        return cls(rows[0].beam, cat("pb"), cat("pnb"), cat("last"), cat("hashes"), [], [])
+
+    def take_frames(self, row: int, into: PrefixBeams) -> None:
+        """Move row ``row``'s state and the frames advanced since ``stack`` into
+        ``into`` (a single-row state that was stacked)."""
+        pick = slice(row, row + 1)
+        into.pb, into.pnb = self.pb[pick], self.pnb[pick]
+        into.last, into.hashes = self.last[pick], self.hashes[pick]
+        into.parents += [p[pick] for p in self.parents]
+        into.emitted += [e[pick] for e in self.emitted]
+
+    def advance(
+        self, log_probs: torch.Tensor, lengths: torch.Tensor | None = None, blank_id: int = 0
+    ) -> None:
+        """Run the search over ``log_probs`` (B, T, V); rows past ``lengths`` keep
+        their state."""
+        device = log_probs.device
+        batch, frames, _ = log_probs.shape
+        beam = self.beam
+        k = min(beam, log_probs.shape[-1])
+        top_lp, top_id = log_probs.topk(k, dim=-1)  # (B, T, k)
+        top_lp = top_lp.double()
+        beams = torch.arange(beam, device=device)
+        pb, pnb, last, hashes = self.pb, self.pnb, self.last, self.hashes
+        n_cand = beam * (1 + k)
+        cand_index = torch.arange(n_cand, device=device).expand(batch, -1)
+        # Per-frame quantities that do not depend on the beams, for all frames at once.
+        blank_top = top_id == blank_id  # (B, T, k)
+        blank_lp_all = top_lp.masked_fill(~blank_top, _NEG_INF).amax(2)  # (B, T)
+        ext_pb = torch.full((batch, beam * k), _NEG_INF, dtype=torch.float64, device=device)
+        if lengths is None:
+            shortest = frames
+        else:
+            lengths = lengths.to(device)
+            shortest = int(lengths.min()) if batch else 0
+        for t in range(frames):
+            lp, ids, is_blank = top_lp[:, t], top_id[:, t], blank_top[:, t]  # (B, k)
+            blank_lp = blank_lp_all[:, t]
+            total = torch.logaddexp(pb, pnb)  # (B, K)
+            # lp of each prefix's last token when that token is among the top-k, else -inf.
+            same = ids.unsqueeze(1) == last.unsqueeze(2)  # (B, K, k)
+            lp_b = lp.unsqueeze(1).expand(-1, beam, -1)
+            last_lp = torch.where(same, lp_b, torch.full_like(lp_b, _NEG_INF)).amax(2)
+            stay_pb = total + blank_lp.unsqueeze(1)
+            stay_pnb = pnb + last_lp
+            # Extensions: a repeat of the last token only extends from blank-ending paths.
+            ext_pnb = torch.where(same, pb.unsqueeze(2), total.unsqueeze(2)) + lp_b
+            ext_pnb = ext_pnb.masked_fill(is_blank.unsqueeze(1), _NEG_INF)
+            ext_hash = hashes.unsqueeze(2) * _HASH_MUL + ids.unsqueeze(1) + 1
+
+            # pb then pnb of every candidate, merged in one segmented log-sum-exp.
+            cand_scores = torch.cat([stay_pb, ext_pb, stay_pnb, ext_pnb.flatten(1)], 1)
+            cand_hash = torch.cat([hashes, ext_hash.flatten(1)], 1)  # (B, N)
+            m_pb, m_pnb, score, rep = _merge_same_prefixes(cand_scores, cand_hash, cand_index)
+            pick = score.topk(beam, dim=1).indices  # (B, K)
+            src = rep.gather(1, pick).clamp_max(n_cand - 1)  # candidate index
+            is_ext = src >= beam
+            parent = torch.where(is_ext, (src - beam) // k, src)
+            token = torch.where(is_ext, ids.gather(1, ((src - beam) % k).clamp_min(0)), -1)
+
+            new_last = torch.where(is_ext, token, last.gather(1, parent))
+            new_pb, new_pnb, new_hash = (
+                m_pb.gather(1, pick),
+                m_pnb.gather(1, pick),
+                cand_hash.gather(1, src),
+            )
+            if lengths is not None and t >= shortest:  # rows past their length keep state
+                active = (t < lengths).unsqueeze(1)
+                parent = torch.where(active, parent, beams.unsqueeze(0))
+                token = torch.where(active, token, -1)
+                new_pb = torch.where(active, new_pb, pb)
+                new_pnb = torch.where(active, new_pnb, pnb)
+                new_last = torch.where(active, new_last, last)
+                new_hash = torch.where(active, new_hash, hashes)
+            self.parents.append(parent)
+            self.emitted.append(token)
+            pb, pnb, last, hashes = new_pb, new_pnb, new_last, new_hash
+        self.pb, self.pnb, self.last, self.hashes = pb, pnb, last, hashes
+
+    def nbest(self) -> list[PrefixNbest]:
+        """Every row's prefixes so far, best first (the search can go on after this)."""
+        final = torch.logaddexp(self.pb, self.pnb)
+        order = final.argsort(dim=1, descending=True, stable=True)
+        batch = final.shape[0]
+        empty = final.new_empty((0, batch, self.beam), dtype=torch.long)
+        parents = torch.stack(self.parents) if self.parents else empty
+        emitted = torch.stack(self.emitted) if self.emitted else empty
+        return _backtrack(parents, emitted, order, final)
 
 
 def _backtrack(

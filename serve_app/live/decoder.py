@@ -1,0 +1,111 @@
+"""Partial transcripts of many live streams, one batched chunk step at a time.
+
+Each :class:`LiveStream` turns pushed audio into fbank frames (incrementally) and keeps
+its encoder caches, its prefix-search beams and its endpointer. :class:`LiveStepper`
+takes every stream that has a full chunk window and runs **one** encoder step for all
+of them, then the CTC log-softmax, the blank probabilities for endpointing and one
+prefix-search advance, all on the model's device; only the blank probabilities and
+the beams' small tensors come back to the host.
+
+A stream's segment ends where its endpointer says (or when the session commits); the
+caller then starts a new segment with :meth:`LiveStream.new_segment`, so encoder
+positions and caches never outgrow the positional table. Finals do not come from
+here: the segment's audio goes through the batch path (full context, rescoring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from serve_app.engine.features import NUM_MEL_BINS, IncrementalFbank
+from serve_app.engine.model import ReverbModel
+from serve_app.engine.prefix_search import PrefixBeams
+from serve_app.engine.streaming import BatchedChunkEncoder, EncoderStream, chunk_window
+from serve_app.live.endpointing import Endpointer, EndpointRules, Event
+
+DEFAULT_CHUNK = 16  # encoder frames (640 ms), as Reverb's streaming decode is run
+
+
+@dataclass
+class StepOutput:
+    """What one step told one stream."""
+
+    tokens: tuple[int, ...]
+    """The best hypothesis of the segment so far."""
+    events: list[Event] = field(default_factory=list)
+    """Speech starts and stops found in this step's frames."""
+
+
+class LiveStream:
+    """One live stream's decoding state."""
+
+    def __init__(
+        self,
+        verbatimicity: float,
+        *,
+        beam_size: int,
+        device: torch.device,
+        rules: EndpointRules | None = None,
+    ) -> None:
+        self.verbatimicity = verbatimicity
+        self.beam_size = beam_size
+        self.device = device
+        self.fbank = IncrementalFbank()
+        self.pending = torch.zeros(0, NUM_MEL_BINS)
+        self.endpointer = Endpointer(rules) if rules is not None else None
+        self.new_segment()
+
+    def new_segment(self) -> None:
+        """Empty caches and beams: the next chunk starts a segment at position 0."""
+        style = torch.tensor([self.verbatimicity, 1.0 - self.verbatimicity])
+        self.encoder = EncoderStream(cat_emb=style)
+        self.beams = PrefixBeams.start(1, self.beam_size, self.device)
+
+    def push(self, samples: np.ndarray) -> None:
+        """16 kHz float samples in [-1, 1], any number."""
+        frames = self.fbank.push(samples)
+        if frames.numel():
+            self.pending = torch.cat([self.pending, frames])
+
+    def has_chunk(self, window: int) -> bool:
+        return self.pending.size(0) >= window
+
+    def take_window(self, window: int, stride: int) -> torch.Tensor:
+        """The next chunk window; its last ``window - stride`` frames stay for the next
+        one (the subsampling's right context overlaps, as in forward_chunk_by_chunk)."""
+        taken = self.pending[:window]
+        self.pending = self.pending[stride:]
+        return taken
+
+
+class LiveStepper:
+    """One model's batched chunk step (see the module docstring)."""
+
+    def __init__(self, model: ReverbModel, chunk_size: int = DEFAULT_CHUNK) -> None:
+        self.model = model
+        self.chunk_size = chunk_size
+        self.encoder = BatchedChunkEncoder(model.model.encoder)
+        self.window, self.stride = chunk_window(model.model.encoder, chunk_size)
+
+    def ready(self, streams: list[LiveStream]) -> list[LiveStream]:
+        return [s for s in streams if s.has_chunk(self.window)]
+
+    @torch.inference_mode()
+    def step(self, streams: list[LiveStream]) -> list[StepOutput]:
+        """Advance every stream (each must have a chunk) by one chunk."""
+        device = self.model.device
+        windows = torch.stack([s.take_window(self.window, self.stride) for s in streams])
+        encoded = self.encoder.step([s.encoder for s in streams], windows.to(device))
+        log_probs = self.model.model.ctc.log_softmax(encoded)  # (B, chunk, vocab)
+        blank = log_probs[..., self.model.blank_id].exp().cpu().numpy()
+        beams = PrefixBeams.stack([s.beams for s in streams])
+        beams.advance(log_probs, blank_id=self.model.blank_id)
+        outputs = []
+        for row, stream in enumerate(streams):
+            beams.take_frames(row, stream.beams)
+            events = stream.endpointer.feed(blank[row]) if stream.endpointer else []
+            outputs.append(StepOutput(stream.beams.nbest()[0].best, events))
+        return outputs

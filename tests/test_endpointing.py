@@ -1,0 +1,54 @@
+"""Endpointing on synthetic CTC blank posteriors (40 ms frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serve_app.live.endpointing import Endpointer, EndpointRules, SpeechStarted, SpeechStopped
+
+SILENT, SPOKEN = 0.99, 0.1  # blank probabilities
+
+
+def frames(*runs: tuple[float, int]) -> np.ndarray:
+    return np.concatenate([np.full(n, p) for p, n in runs])
+
+
+def test_speech_then_a_long_enough_pause_is_one_segment():
+    rules = EndpointRules(silence_duration_ms=500)  # 13 frames
+    ep = Endpointer(rules)
+    events = ep.feed(frames((SILENT, 10), (SPOKEN, 30), (SILENT, 20)))
+    assert events == [SpeechStarted(10), SpeechStopped(40)]
+    assert not ep.in_speech
+
+
+def test_a_pause_shorter_than_the_silence_duration_does_not_end_the_segment():
+    ep = Endpointer(EndpointRules(silence_duration_ms=500))
+    events = ep.feed(frames((SPOKEN, 10), (SILENT, 12), (SPOKEN, 5), (SILENT, 13)))
+    assert events == [SpeechStarted(0), SpeechStopped(27)]
+
+
+def test_fed_frame_by_frame_it_finds_the_same_events():
+    posteriors = frames((SILENT, 4), (SPOKEN, 7), (SILENT, 30), (SPOKEN, 3), (SILENT, 2))
+    whole = Endpointer(EndpointRules()).feed(posteriors)
+    ep = Endpointer(EndpointRules())
+    one_by_one = [e for p in posteriors for e in ep.feed(np.array([p]))]
+    assert one_by_one == whole == [SpeechStarted(4), SpeechStopped(11), SpeechStarted(41)]
+
+
+def test_speech_that_never_pauses_is_cut_at_the_segment_cap_and_goes_on():
+    rules = EndpointRules(max_segment_ms=2000)  # 50 frames
+    events = Endpointer(rules).feed(frames((SPOKEN, 120)))
+    assert events == [
+        SpeechStarted(0),
+        SpeechStopped(50, forced=True),
+        SpeechStarted(50),
+        SpeechStopped(100, forced=True),
+        SpeechStarted(100),
+    ]
+
+
+def test_silence_alone_starts_nothing_and_the_threshold_decides_what_is_speech():
+    assert Endpointer(EndpointRules()).feed(frames((SILENT, 500))) == []
+    unsure = frames((0.6, 20))  # p(speech) 0.4
+    assert Endpointer(EndpointRules(threshold=0.5)).feed(unsure) == []
+    assert Endpointer(EndpointRules(threshold=0.3)).feed(unsure) == [SpeechStarted(0)]
