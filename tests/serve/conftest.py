@@ -239,7 +239,9 @@ def serve_cluster(tiny_model_dir) -> Iterator[ServeCluster]:
     from ray.job_config import JobConfig
 
     ray_context = ray.init(
-        num_cpus=8,  # logical: lets CPU-reserving deployments fit on a 2-core box
+        # Logical CPUs: the apps reserve 7.5 and a rolling update needs room to start the
+        # new replicas before the old ones drain; the box has 2 real cores.
+        num_cpus=12,
         include_dashboard=True,  # Serve's REST API (what `serve deploy` talks to) lives there
         dashboard_host="127.0.0.1",
         dashboard_port=_free_port(),
