@@ -1,0 +1,280 @@
+"""One realtime transcription session: audio in, OpenAI's events out.
+
+The session keeps the audio of the turn in progress at 16 kHz, feeds a
+:class:`LiveStream` for partials, and turns what the batched step reports into
+events: ``speech_started`` / ``speech_stopped`` from the endpointer, append-only
+``delta`` text as words settle, and at each endpoint (or the client's commit)
+``committed`` and then, once the batch path has transcribed the turn's audio,
+``completed`` (or ``failed``). Item ids chain through ``previous_item_id``; every item
+gets exactly one ``completed`` or ``failed``.
+
+A word is sent as a delta once another word follows it in the best hypothesis: the
+last word of a partial is still being heard. The final may still revise the text
+(full context, rescoring); deltas never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+
+from serve_app.engine.options import DecodeOptions
+from serve_app.live.decoder import LiveStream, StepOutput
+from serve_app.live.endpointing import FRAME_MS, SpeechStarted, SpeechStopped
+from serve_app.live.protocol import (
+    ProtocolError,
+    SessionSettings,
+    error_event,
+    new_id,
+    pcm16_samples,
+    server_event,
+)
+
+SAMPLE_RATE = 16_000
+SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000
+
+FinalTranscriber = Callable[[np.ndarray, DecodeOptions], Awaitable[str]]
+"""The batch path: a turn's 16 kHz audio and options -> its transcript text."""
+
+
+class Resampler:
+    """Appended audio at the session's rate to 16 kHz, statefully (libswresample via
+    PyAV), so pieces of any size resample as one signal."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._resampler = (
+            av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            if rate != SAMPLE_RATE
+            else None
+        )
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        if self._resampler is None or not samples.size:
+            return samples
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+        frame.sample_rate = self.rate
+        out = [f.to_ndarray()[0] for f in self._resampler.resample(frame)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+@dataclass
+class Item:
+    """One turn: its id, where its audio starts, the delta text sent so far."""
+
+    id: str
+    start_sample: int
+    sent_words: list[str] = field(default_factory=list)
+    earlier_words: list[str] = field(default_factory=list)  # from finished segments
+
+
+class LiveSession:
+    """See the module docstring. Events go to ``outbox`` in the order they happen."""
+
+    def __init__(
+        self,
+        stream_factory: Callable[[SessionSettings], LiveStream],
+        detokenize: Callable[[tuple[int, ...]], str],
+        finals: FinalTranscriber,
+        *,
+        max_segment_s: float = 20.0,
+    ) -> None:
+        self.id = new_id("sess")
+        self.settings = SessionSettings()
+        self._stream_factory = stream_factory
+        self._detokenize = detokenize
+        self._finals = finals
+        self._max_segment_frames = int(max_segment_s * 1000 / FRAME_MS)
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending_finals: set[asyncio.Task[None]] = set()
+        self._previous_item: str | None = None
+        self._restart()
+        self._emit(server_event("session.created", session=self.described()))
+
+    # ------------------------------------------------------------------ state
+
+    def _restart(self) -> None:
+        """A fresh buffer and stream (session start, update, clear)."""
+        self.stream = self._stream_factory(self.settings)
+        self._resample = Resampler(self.settings.rate)
+        self._audio: list[np.ndarray] = []
+        self._buffer_start = 0  # sample index of _audio[0]
+        self._received = 0  # 16 kHz samples received in all
+        self._segment_start_frame = 0
+        self.item: Item | None = None
+
+    def described(self) -> dict[str, Any]:
+        return {"id": self.id, **self.settings.described()}
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self.outbox.put_nowait(event)
+
+    @property
+    def options(self) -> DecodeOptions:
+        tr = self.settings.transcription
+        return DecodeOptions(decoding_mode=tr.decoding_mode, verbatimicity=tr.verbatimicity)
+
+    # ------------------------------------------------------------------ client events
+
+    def handle(self, event: dict[str, Any]) -> None:
+        """One parsed client event; a refusal becomes an ``error`` event."""
+        try:
+            kind = event["type"]
+            if kind in ("session.update", "transcription_session.update"):
+                self.settings = self.settings.updated_by(event)
+                self._restart()
+                updated = kind.replace(".update", ".updated")
+                self._emit(server_event(updated, session=self.described()))
+            elif kind == "input_audio_buffer.append":
+                self._append(pcm16_samples(event, self.settings.rate))
+            elif kind == "input_audio_buffer.commit":
+                self._commit(client=True)
+            elif kind == "input_audio_buffer.clear":
+                self._restart()
+                self._emit(server_event("input_audio_buffer.cleared"))
+        except ProtocolError as exc:
+            self._emit(error_event(exc, event.get("event_id")))
+
+    def _append(self, samples: np.ndarray) -> None:
+        audio = self._resample(samples)
+        self._audio.append(audio)
+        self._received += audio.size
+        self.stream.push(audio)
+        if self.settings.turn_detection is None and self.item is None and audio.size:
+            self.item = Item(new_id("item"), self._buffer_start)
+
+    def _commit(self, *, client: bool, end_sample: int | None = None) -> None:
+        """End the turn: ``committed``, then its final from the batch path."""
+        end = self._received if end_sample is None else end_sample
+        item = self.item or Item(new_id("item"), self._buffer_start)
+        audio = self._take_audio(item.start_sample, end)
+        if client and audio.size < SAMPLE_RATE // 10:
+            raise ProtocolError(
+                "The input audio buffer holds less than 100 ms of audio to commit.",
+                code="input_audio_buffer_commit_empty",
+            )
+        self._emit(
+            server_event(
+                "input_audio_buffer.committed",
+                item_id=item.id,
+                previous_item_id=self._previous_item,
+            )
+        )
+        self._previous_item = item.id
+        self.item = None
+        if client:
+            self._next_segment()
+        task = asyncio.get_running_loop().create_task(self._final(item.id, audio))
+        self._pending_finals.add(task)
+        task.add_done_callback(self._pending_finals.discard)
+
+    def _take_audio(self, start: int, end: int) -> np.ndarray:
+        """Samples [start, end) of the buffer; what is before ``end`` is dropped."""
+        joined = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
+        lo, hi = max(start - self._buffer_start, 0), max(end - self._buffer_start, 0)
+        taken = joined[lo:hi]
+        self._audio = [joined[hi:]]
+        self._buffer_start = max(end, self._buffer_start)
+        return taken
+
+    async def _final(self, item_id: str, audio: np.ndarray) -> None:
+        try:
+            text = await self._finals(audio, self.options)
+        except Exception as exc:  # the batch path's typed errors carry their message
+            failed = {"type": "transcription_failed", "code": getattr(exc, "code", None)}
+            self._emit(
+                server_event(
+                    "conversation.item.input_audio_transcription.failed",
+                    item_id=item_id,
+                    content_index=0,
+                    error={**failed, "message": str(exc) or "transcription failed"},
+                )
+            )
+            return
+        self._emit(
+            server_event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=text,
+                usage={"type": "duration", "seconds": round(audio.size / SAMPLE_RATE, 3)},
+            )
+        )
+
+    async def drain(self) -> None:
+        """Wait for every final still being transcribed (before closing)."""
+        if self._pending_finals:
+            await asyncio.gather(*self._pending_finals, return_exceptions=True)
+
+    # ------------------------------------------------------------------ step results
+
+    @property
+    def stream_frames(self) -> int:
+        """Encoder frames since the session (re)started, across segments."""
+        return self._segment_start_frame + self.stream.encoder.offset
+
+    def on_step(self, out: StepOutput) -> None:
+        """What one batched chunk step found for this session's stream."""
+        for event in out.events:
+            if isinstance(event, SpeechStarted):
+                self._speech_started(event.frame)
+            elif isinstance(event, SpeechStopped):
+                self._speech_stopped(event.frame)
+        if self.item is not None:
+            self._send_stable_words(out.tokens)
+        if self.stream.encoder.offset >= self._max_segment_frames:
+            self._next_segment()  # without VAD: the encoder still needs a reset
+
+    def _speech_started(self, frame: int) -> None:
+        pad = self.settings.turn_detection.prefix_padding_ms if self.settings.turn_detection else 0
+        start_ms = max(frame * FRAME_MS - pad, self._buffer_start * 1000 // SAMPLE_RATE)
+        self.item = Item(new_id("item"), start_ms * SAMPLE_RATE // 1000)
+        self._emit(
+            server_event(
+                "input_audio_buffer.speech_started", audio_start_ms=start_ms, item_id=self.item.id
+            )
+        )
+
+    def _speech_stopped(self, frame: int) -> None:
+        if self.item is None:
+            return
+        end_ms = frame * FRAME_MS
+        stopped = server_event(
+            "input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=self.item.id
+        )
+        self._emit(stopped)
+        self._commit(client=False, end_sample=min(end_ms * SAMPLE_RATE // 1000, self._received))
+        self._next_segment()
+
+    def _next_segment(self) -> None:
+        if self.item is not None:
+            self.item.earlier_words = self._words(self.stream.beams.nbest()[0].best, self.item)
+        self._segment_start_frame += self.stream.encoder.offset
+        self.stream.new_segment()
+
+    def _words(self, tokens: tuple[int, ...], item: Item) -> list[str]:
+        return item.earlier_words + self._detokenize(tokens).split()
+
+    def _send_stable_words(self, tokens: tuple[int, ...]) -> None:
+        item = self.item
+        assert item is not None
+        stable = self._words(tokens, item)[:-1]
+        sent = item.sent_words
+        if len(stable) <= len(sent) or stable[: len(sent)] != sent:
+            return  # nothing new, or the hypothesis revised what was sent: the final will
+        new = stable[len(sent) :]
+        delta = (" " if sent else "") + " ".join(new)
+        item.sent_words = stable
+        self._emit(
+            server_event(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=item.id,
+                content_index=0,
+                delta=delta,
+            )
+        )

@@ -1,0 +1,163 @@
+"""A realtime session's events: turns from the endpointer or the client's commit,
+append-only deltas, item ids chained, one final per item over exactly its audio."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+
+from serve_app.live.decoder import LiveStepper, LiveStream, StepOutput
+from serve_app.live.endpointing import SpeechStarted, SpeechStopped
+from serve_app.live.session import LiveSession
+
+WORDS = {1: "call", 2: "the", 3: "team", 4: "at", 5: "nine"}
+
+
+def detokenize(tokens):
+    return " ".join(WORDS[t] for t in tokens)
+
+
+def append_event(samples: np.ndarray) -> dict:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+
+
+def drain(session: LiveSession) -> list[dict]:
+    out = []
+    while not session.outbox.empty():
+        out.append(session.outbox.get_nowait())
+    return out
+
+
+class Finals:
+    """The batch path's stand-in: records each turn's audio, answers in order."""
+
+    def __init__(self) -> None:
+        self.audio: list[np.ndarray] = []
+
+    async def __call__(self, audio, options):
+        self.audio.append(audio)
+        return f"final {len(self.audio)}"
+
+
+def make_session(tiny_model, finals, detok=detokenize) -> LiveSession:
+    def stream(settings):
+        rules = settings.endpoint_rules
+        return LiveStream(
+            settings.transcription.verbatimicity, beam_size=4, device=tiny_model.device, rules=rules
+        )
+
+    return LiveSession(stream, detok, finals)
+
+
+def test_endpointed_turns_give_started_deltas_stopped_committed_and_one_final_each(tiny_model):
+    """Step results are injected, so the endpoints and hypotheses are exact; the audio
+    and the events are the session's own."""
+
+    async def run():
+        finals = Finals()
+        session = make_session(tiny_model, finals)
+        session.handle(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {
+                        "input": {
+                            "format": {"type": "audio/pcm", "rate": 16000},
+                            "turn_detection": {
+                                "type": "server_vad",
+                                "prefix_padding_ms": 200,
+                                "silence_duration_ms": 400,
+                            },
+                        }
+                    },
+                },
+            }
+        )
+        session.handle(append_event(np.full(16000 * 6, 0.01, np.float32)))  # 6 s
+        session.on_step(StepOutput((), [SpeechStarted(25)]))  # speech from 1.0 s
+        session.on_step(StepOutput((1,)))
+        session.on_step(StepOutput((1, 2)))  # "call" settles
+        session.on_step(StepOutput((1, 2, 3)))  # "the" settles
+        session.on_step(StepOutput((1, 2, 4)))  # revision of the last word only
+        session.on_step(StepOutput((1, 2, 4, 5), [SpeechStopped(75)]))  # ends at 3.0 s
+        session.on_step(StepOutput((3, 4), [SpeechStarted(100)]))  # a second turn at 4.0 s
+        session.on_step(StepOutput((3, 4, 5), [SpeechStopped(125)]))
+        await session.drain()
+        return finals, drain(session)
+
+    finals, events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["session.created", "session.updated"]
+    started = [e for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    assert [e["audio_start_ms"] for e in started] == [800, 3800]
+    stopped = [e for e in events if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert [e["audio_end_ms"] for e in stopped] == [3000, 5000]
+    first, second = (s["item_id"] for s in started)
+    deltas = [
+        e["delta"]
+        for e in events
+        if e["type"].endswith("transcription.delta") and e["item_id"] == first
+    ]
+    assert deltas == ["call", " the"]  # append-only, the unsettled last word held back
+    committed = [e for e in events if e["type"] == "input_audio_buffer.committed"]
+    assert [(c["item_id"], c["previous_item_id"]) for c in committed] == [
+        (first, None),
+        (second, first),
+    ]
+    completed = [e for e in events if e["type"].endswith("transcription.completed")]
+    assert sorted(c["item_id"] for c in completed) == sorted([first, second])
+    # Each final got exactly its turn's audio: 0.8-3.0 s and 3.8-5.0 s.
+    assert [a.size for a in finals.audio] == [int(2.2 * 16000), int(1.2 * 16000)]
+    assert completed[0]["usage"] == {"type": "duration", "seconds": 2.2}
+
+
+def test_without_turn_detection_only_the_commit_ends_a_turn(tiny_model, synth):
+    """The real tiny model steps the stream; ten seconds of 24 kHz audio in 100 ms
+    appends, then a commit: one item, one final over all of it."""
+
+    async def run():
+        finals = Finals()
+        session = make_session(
+            tiny_model, finals, lambda t: tiny_model.tokenizer.detokenize(list(t))[0]
+        )
+        session.handle(
+            {"type": "transcription_session.update", "session": {"turn_detection": None}}
+        )
+        stepper = LiveStepper(tiny_model)
+        audio = synth(10.0, seed=9, sample_rate=24000)
+        for piece in np.split(audio, 100):
+            session.handle(append_event(piece))
+            while stepper.ready([session.stream]):
+                (out,) = stepper.step([session.stream])
+                session.on_step(out)
+        session.handle({"type": "input_audio_buffer.commit"})
+        session.handle({"type": "input_audio_buffer.commit", "event_id": "again"})  # empty now
+        await session.drain()
+        return finals, drain(session)
+
+    finals, events = asyncio.run(run())
+    kinds = [e["type"] for e in events]
+    assert "input_audio_buffer.speech_started" not in kinds
+    assert kinds.count("input_audio_buffer.committed") == 1
+    assert kinds.count("conversation.item.input_audio_transcription.completed") == 1
+    assert abs(finals.audio[0].size - 160000) <= 16 * 20  # resampled 24 -> 16 kHz
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert error["error"]["event_id"] == "again"
+
+
+def test_bad_events_are_errors_and_the_session_goes_on(tiny_model):
+    async def run():
+        session = make_session(tiny_model, Finals())
+        session.handle({"type": "input_audio_buffer.append", "audio": "%%%"})
+        session.handle({"type": "session.update", "session": {"type": "realtime"}})
+        session.handle(append_event(np.zeros(2400, np.float32)))
+        session.handle({"type": "input_audio_buffer.clear"})
+        return drain(session)
+
+    kinds = [e["type"] for e in asyncio.run(run())]
+    assert kinds == ["session.created", "error", "error", "input_audio_buffer.cleared"]
