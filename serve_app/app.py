@@ -43,3 +43,16 @@ def build_app(args: dict[str, Any]) -> Application:
         backpressure_config=backpressure,
     )
     return ingress.bind(transcriber, config)
+
+
+def build_realtime_app(args: dict[str, Any]) -> Application:
+    """The realtime app (``/v1/realtime``): live sessions beside a transcription app."""
+    from serve_app.serve.realtime_config import RealtimeConfig
+    from serve_app.serve.realtime_deployment import Realtime
+
+    config = RealtimeConfig.model_validate(args or {}).with_absolute_model_path()
+    return Realtime.options(
+        ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.transcriber_num_gpus},
+        # A WebSocket is one long request: the session limit is ours, not Serve's queue.
+        max_ongoing_requests=config.max_sessions + 8,
+    ).bind(config)

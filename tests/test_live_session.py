@@ -7,6 +7,7 @@ import asyncio
 import base64
 
 import numpy as np
+import pytest
 
 from serve_app.live.decoder import LiveStepper, LiveStream, StepOutput
 from serve_app.live.endpointing import SpeechStarted, SpeechStopped
@@ -161,3 +162,36 @@ def test_bad_events_are_errors_and_the_session_goes_on(tiny_model):
 
     kinds = [e["type"] for e in asyncio.run(run())]
     assert kinds == ["session.created", "error", "error", "input_audio_buffer.cleared"]
+
+
+@pytest.mark.slow
+def test_four_minutes_without_a_pause_are_segmented_not_crashed(tiny_model, synth):
+    """The positional table holds 5000 frames (200 s): a session that talks on without
+    a commit or a pause must restart its encoder segment every 20 s."""
+
+    async def run():
+        finals = Finals()
+        session = make_session(
+            tiny_model, finals, lambda t: tiny_model.tokenizer.detokenize(list(t))[0]
+        )
+        session.handle(
+            {"type": "transcription_session.update", "session": {"turn_detection": None}}
+        )
+        stepper = LiveStepper(tiny_model)
+        longest = 0
+        for piece in np.split(synth(240.0, seed=5, sample_rate=24000), 480):  # 0.5 s appends
+            session.handle(append_event(piece))
+            while stepper.ready([session.stream]):
+                (out,) = stepper.step([session.stream])
+                session.on_step(out)
+                longest = max(longest, session.stream.encoder.offset)
+        session.handle({"type": "input_audio_buffer.commit"})
+        await session.drain()
+        return finals, drain(session), longest, session.stream.segment
+
+    finals, events, longest, segments = asyncio.run(run())
+    assert longest <= 500 and segments >= 11
+    assert [e["type"] for e in events].count(
+        "conversation.item.input_audio_transcription.completed"
+    ) == 1
+    assert finals.audio[0].size == pytest.approx(240 * 16000, abs=400)

@@ -37,6 +37,21 @@ class StepOutput:
     """The best hypothesis of the segment so far."""
     events: list[Event] = field(default_factory=list)
     """Speech starts and stops found in this step's frames."""
+    segment: int = 0
+    """The stream's segment the step ran in: a result for an earlier one is stale."""
+
+
+@dataclass
+class TakenChunks:
+    """What a step reads, taken from the streams at one moment (on the event loop),
+    so that audio pushed or a segment started while the step runs elsewhere is not
+    mixed into it."""
+
+    streams: list[LiveStream]
+    windows: torch.Tensor
+    encoders: list[EncoderStream]
+    beams: list[PrefixBeams]
+    segments: list[int]
 
 
 class LiveStream:
@@ -56,10 +71,12 @@ class LiveStream:
         self.fbank = IncrementalFbank()
         self.pending = torch.zeros(0, NUM_MEL_BINS)
         self.endpointer = Endpointer(rules) if rules is not None else None
+        self.segment = -1
         self.new_segment()
 
     def new_segment(self) -> None:
         """Empty caches and beams: the next chunk starts a segment at position 0."""
+        self.segment += 1
         style = torch.tensor([self.verbatimicity, 1.0 - self.verbatimicity])
         self.encoder = EncoderStream(cat_emb=style)
         self.beams = PrefixBeams.start(1, self.beam_size, self.device)
@@ -93,19 +110,35 @@ class LiveStepper:
     def ready(self, streams: list[LiveStream]) -> list[LiveStream]:
         return [s for s in streams if s.has_chunk(self.window)]
 
-    @torch.inference_mode()
     def step(self, streams: list[LiveStream]) -> list[StepOutput]:
         """Advance every stream (each must have a chunk) by one chunk."""
-        device = self.model.device
+        return self.compute(self.take(streams))
+
+    def take(self, streams: list[LiveStream]) -> TakenChunks:
+        """Each stream's next chunk window and the state the step will advance."""
         windows = torch.stack([s.take_window(self.window, self.stride) for s in streams])
-        encoded = self.encoder.step([s.encoder for s in streams], windows.to(device))
+        return TakenChunks(
+            streams,
+            windows,
+            [s.encoder for s in streams],
+            [s.beams for s in streams],
+            [s.segment for s in streams],
+        )
+
+    @torch.inference_mode()
+    def compute(self, taken: TakenChunks) -> list[StepOutput]:
+        """The step itself; may run off the event loop (it touches only ``taken``'s
+        states and each stream's endpointer, which only steps feed)."""
+        device = self.model.device
+        encoded = self.encoder.step(taken.encoders, taken.windows.to(device))
         log_probs = self.model.model.ctc.log_softmax(encoded)  # (B, chunk, vocab)
         blank = log_probs[..., self.model.blank_id].exp().cpu().numpy()
-        beams = PrefixBeams.stack([s.beams for s in streams])
+        beams = PrefixBeams.stack(taken.beams)
         beams.advance(log_probs, blank_id=self.model.blank_id)
         outputs = []
-        for row, stream in enumerate(streams):
-            beams.take_frames(row, stream.beams)
+        for row, stream in enumerate(taken.streams):
+            beams.take_frames(row, taken.beams[row])
             events = stream.endpointer.feed(blank[row]) if stream.endpointer else []
-            outputs.append(StepOutput(stream.beams.nbest()[0].best, events))
+            best = taken.beams[row].nbest()[0].best
+            outputs.append(StepOutput(best, events, taken.segments[row]))
         return outputs

@@ -32,7 +32,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.engine.decoder import BatchDecoder, BatchReport, is_fatal_device_error
-from serve_app.engine.model import load_model
+from serve_app.engine.model import ReverbModel, load_model
 from serve_app.engine.options import DecodeOptions
 from serve_app.serve.config import AppConfig, BatchingConfig
 from serve_app.serve.metrics import BatchStats, TranscriberMetrics
@@ -250,13 +250,18 @@ class Transcriber:
         }
 
 
-def _load_decoder(config: AppConfig) -> BatchDecoder:
+def load_configured_model(config: AppConfig) -> ReverbModel:
+    """The model an app's config names, on its device (the Transcriber's and the
+    realtime deployment's)."""
     cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
-    model = load_model(
+    return load_model(
         config.model,
         device=config.device,
         cache_dir=cache_dir,
         checkpoint_name=config.checkpoint_name,
         name=config.served_model_name,
     )
-    return BatchDecoder(model, max_padded_frames=config.max_padded_frames)
+
+
+def _load_decoder(config: AppConfig) -> BatchDecoder:
+    return BatchDecoder(load_configured_model(config), max_padded_frames=config.max_padded_frames)

@@ -16,6 +16,8 @@ Apps (one Serve instance, one HTTP port):
   the model at a time, for the fault tests in ``reliability/`` (replica deaths,
   disconnects), which kill or starve its replicas without touching the other apps.
 * ``two-ingress`` at ``/two-ingress``: two Ingress replicas, for killing one of them.
+* ``realtime`` at ``/v1/realtime``: live sessions on the tiny model, finals through the
+  ``reverb`` app's Ingress, at most 3 sessions, the API key on (the realtime tests).
 * ``demo`` at ``/demo``: the bundled demo model (real speech), for the browser-page
   tests; the guarded app's CORS allowlist also names ``http://127.0.0.1:<port>``, so a
   page served from ``/demo`` may call it cross-origin through ``http://localhost``.
@@ -45,6 +47,8 @@ from serve_helpers import (
     GUARDED_PREFIX,
     GUARDED_UPLOAD_LIMIT,
     MAIN_APP,
+    REALTIME_APP,
+    REALTIME_PREFIX,
     RELIABLE_APP,
     RELIABLE_PREFIX,
     TWO_INGRESS_APP,
@@ -193,6 +197,18 @@ class ServeCluster:
                     ],
                 },
                 {
+                    "name": REALTIME_APP,
+                    "route_prefix": REALTIME_PREFIX,
+                    "import_path": "serve_app.app:build_realtime_app",
+                    "args": {
+                        **common,
+                        "transcription_app": MAIN_APP,
+                        "max_sessions": 3,
+                        "api_key": API_KEY,
+                    },
+                    "deployments": [{"name": "Realtime", **small}],
+                },
+                {
                     "name": DEMO_APP,
                     "route_prefix": DEMO_PREFIX,
                     "import_path": "serve_app.app:build_app",
@@ -239,7 +255,7 @@ def serve_cluster(tiny_model_dir) -> Iterator[ServeCluster]:
     from ray.job_config import JobConfig
 
     ray_context = ray.init(
-        # Logical CPUs: the apps reserve 7.5 and a rolling update needs room to start the
+        # Logical CPUs: the apps reserve 8 and a rolling update needs room to start the
         # new replicas before the old ones drain; the box has 2 real cores.
         num_cpus=12,
         include_dashboard=True,  # Serve's REST API (what `serve deploy` talks to) lives there
