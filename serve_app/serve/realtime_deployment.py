@@ -48,7 +48,23 @@ KEY_SUBPROTOCOL = "openai-insecure-api-key."
 """Browsers cannot set headers on a WebSocket; OpenAI's clients then send the key as a
 subprotocol ``openai-insecure-api-key.<key>`` (the name says what it costs)."""
 
+
+class _PrefixIsTheRoute:
+    """Serve passes ``/v1/realtime`` with that same prefix as ``root_path``, which
+    leaves Starlette an empty route path that no route matches (for HTTP it redirects
+    to the slash; a WebSocket has no redirect): the prefix itself is the route ``/``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("websocket", "http") and scope.get("path") == scope.get("root_path"):
+            scope = {**scope, "path": scope["path"] + "/"}
+        await self.app(scope, receive, send)
+
+
 realtime_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+realtime_app.add_middleware(_PrefixIsTheRoute)
 
 
 def _this_replica() -> Realtime:
