@@ -116,25 +116,36 @@ def test_endpointed_turns_give_started_deltas_stopped_committed_and_one_final_ea
     assert completed[0]["usage"] == {"type": "duration", "seconds": 2.2}
 
 
+def commit_only_session(tiny_model, finals) -> LiveSession:
+    """A session on the real tiny model with turn detection off."""
+    session = make_session(
+        tiny_model, finals, lambda t: tiny_model.tokenizer.detokenize(list(t))[0]
+    )
+    session.handle({"type": "transcription_session.update", "session": {"turn_detection": None}})
+    return session
+
+
+def stream_in(session: LiveSession, stepper: LiveStepper, audio: np.ndarray, pieces: int) -> int:
+    """Append ``audio`` in ``pieces`` appends, stepping whenever a chunk is ready;
+    returns the longest encoder segment seen (frames)."""
+    longest = 0
+    for piece in np.split(audio, pieces):
+        session.handle(append_event(piece))
+        while stepper.ready([session.stream]):
+            (out,) = stepper.step([session.stream])
+            session.on_step(out)
+            longest = max(longest, session.stream.encoder.offset)
+    return longest
+
+
 def test_without_turn_detection_only_the_commit_ends_a_turn(tiny_model, synth):
     """The real tiny model steps the stream; ten seconds of 24 kHz audio in 100 ms
     appends, then a commit: one item, one final over all of it."""
 
     async def run():
         finals = Finals()
-        session = make_session(
-            tiny_model, finals, lambda t: tiny_model.tokenizer.detokenize(list(t))[0]
-        )
-        session.handle(
-            {"type": "transcription_session.update", "session": {"turn_detection": None}}
-        )
-        stepper = LiveStepper(tiny_model)
-        audio = synth(10.0, seed=9, sample_rate=24000)
-        for piece in np.split(audio, 100):
-            session.handle(append_event(piece))
-            while stepper.ready([session.stream]):
-                (out,) = stepper.step([session.stream])
-                session.on_step(out)
+        session = commit_only_session(tiny_model, finals)
+        stream_in(session, LiveStepper(tiny_model), synth(10.0, seed=9, sample_rate=24000), 100)
         session.handle({"type": "input_audio_buffer.commit"})
         session.handle({"type": "input_audio_buffer.commit", "event_id": "again"})  # empty now
         await session.drain()
@@ -171,20 +182,9 @@ def test_four_minutes_without_a_pause_are_segmented_not_crashed(tiny_model, synt
 
     async def run():
         finals = Finals()
-        session = make_session(
-            tiny_model, finals, lambda t: tiny_model.tokenizer.detokenize(list(t))[0]
-        )
-        session.handle(
-            {"type": "transcription_session.update", "session": {"turn_detection": None}}
-        )
-        stepper = LiveStepper(tiny_model)
-        longest = 0
-        for piece in np.split(synth(240.0, seed=5, sample_rate=24000), 480):  # 0.5 s appends
-            session.handle(append_event(piece))
-            while stepper.ready([session.stream]):
-                (out,) = stepper.step([session.stream])
-                session.on_step(out)
-                longest = max(longest, session.stream.encoder.offset)
+        session = commit_only_session(tiny_model, finals)
+        audio = synth(240.0, seed=5, sample_rate=24000)
+        longest = stream_in(session, LiveStepper(tiny_model), audio, 480)  # 0.5 s appends
         session.handle({"type": "input_audio_buffer.commit"})
         await session.drain()
         return finals, drain(session), longest, session.stream.segment
