@@ -74,12 +74,12 @@ class BatchedChunkEncoder:
         frame_mask = torch.ones(batch, 1, xs.size(1), dtype=torch.bool, device=device)
         xs, _, _ = enc.embed(xs, frame_mask, 0 if self.relative else offsets)
         chunk = xs.size(1)
-        cache_lens = offsets  # full left context: a stream's cache is all it has heard
-        longest = int(cache_lens.max())
+        # Full left context: a stream's cache length is its offset.
+        longest = int(offsets.max())
         keys = longest + chunk
         slots = torch.arange(longest, device=device)
         valid = torch.cat(
-            [slots[None, :] < cache_lens[:, None], frame_mask.new_ones(batch, chunk)], dim=1
+            [slots[None, :] < offsets[:, None], frame_mask.new_ones(batch, chunk)], dim=1
         )
         att_mask = valid[:, None, :]  # (B, 1, keys): padding is never attended to
         # Key positions: cache slot j is frame j of the stream; chunk frame t is offset + t.

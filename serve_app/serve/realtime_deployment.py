@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -134,7 +133,6 @@ class Realtime:
         finally:
             self.sessions.discard(session)
             await session.drain()
-            await self._flush(session)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
@@ -163,13 +161,6 @@ class Realtime:
     async def _send_all(self, websocket: WebSocket, session: LiveSession) -> None:
         while not session.outbox.empty():
             await websocket.send_text(json.dumps(session.outbox.get_nowait()))
-
-    async def _flush(self, session: LiveSession) -> None:
-        """Give the sender a moment to write what is queued before the close."""
-        for _ in range(50):
-            if session.outbox.empty():
-                return
-            await asyncio.sleep(0.01)
 
     async def _refuse(
         self, websocket: WebSocket, message: str, code: str, close_code: int = 1008
@@ -240,7 +231,6 @@ class Realtime:
                 stepped = True
                 streams = [s.stream for s in ready]
                 taken = stepper.take(streams)  # on the loop: appends cannot interleave
-                started = time.perf_counter()
                 try:
                     outputs = await asyncio.to_thread(stepper.compute, taken)
                 except Exception:
@@ -258,7 +248,6 @@ class Realtime:
                         )
                         s.stream.new_segment()
                     continue
-                self.last_step = (len(ready), time.perf_counter() - started)
                 for session, stream, out in zip(ready, streams, outputs, strict=True):
                     # Stale if an update, clear or commit started anew while it ran.
                     if session.stream is stream and stream.segment == out.segment:
