@@ -15,25 +15,30 @@ import pytest
 import torch
 
 from serve_app.engine.model_loader import init_args, locate_model_files, wenet_configs
-from serve_app.engine.streaming import BatchedChunkEncoder, EncoderStream, chunk_window
+from serve_app.engine.streaming import (
+    BatchedChunkEncoder,
+    EncoderStream,
+    NotStreamable,
+    chunk_window,
+)
 
 CHUNK = 16
 ATOL = 2e-5
 
 
-def _encoder(tiny_model_dir, pos: str) -> torch.nn.Module:
+def _encoder(tiny_model_dir, pos: str, **encoder_conf) -> torch.nn.Module:
     """The tiny model's encoder (causal, rel_pos, trained weights are random anyway),
-    or the same architecture with absolute positions, seeded."""
+    or the same architecture with absolute positions or other ``encoder_conf``, seeded."""
     from wenet.utils.init_model import init_model
 
     from serve_app.engine.model import load_model
 
-    if pos == "rel_pos":
+    if pos == "rel_pos" and not encoder_conf:
         return load_model(str(tiny_model_dir), device="cpu").model.encoder
     configs = copy.deepcopy(wenet_configs(locate_model_files(tiny_model_dir)))
-    configs["encoder_conf"].update(
-        pos_enc_layer_type="abs_pos", selfattention_layer_type="selfattn"
-    )
+    if pos == "abs_pos":
+        encoder_conf.update(pos_enc_layer_type="abs_pos", selfattention_layer_type="selfattn")
+    configs["encoder_conf"].update(encoder_conf)
     configs["output_dim"] = 10001
     torch.manual_seed(7)
     model, _ = init_model(init_args(), configs)
@@ -136,3 +141,14 @@ def test_streams_stepped_together_with_mixed_offsets_caches_and_styles_equal_eac
         torch.testing.assert_close(
             torch.cat(outs, dim=1), _one_stream(encoder, feats, cat), atol=ATOL, rtol=0
         )
+
+
+@pytest.mark.parametrize(
+    ("encoder_conf", "says"),
+    [({"causal": False}, "centred"), ({"use_dynamic_chunk": False}, "full context only")],
+)
+def test_an_encoder_that_cannot_stream_is_refused_with_the_reason(
+    tiny_model_dir, encoder_conf, says
+):
+    with pytest.raises(NotStreamable, match=says):
+        BatchedChunkEncoder(_encoder(tiny_model_dir, "abs_pos", **encoder_conf))

@@ -53,10 +53,39 @@ def chunk_window(encoder: torch.nn.Module, chunk_size: int) -> tuple[int, int]:
     return (chunk_size - 1) * subsampling + context, subsampling * chunk_size
 
 
+class NotStreamable(ValueError):
+    """The model's encoder cannot be decoded chunk by chunk."""
+
+
+def check_streamable(encoder: torch.nn.Module) -> None:
+    """Refuse an encoder that chunked decoding would silently get wrong.
+
+    A centred (``causal: false``) convolution needs frames to its right that a chunk
+    does not have yet (``forward_chunk`` then pads with nothing and the output drifts
+    from the trained one), and an encoder trained without chunk masks
+    (``use_dynamic_chunk: false`` and no ``static_chunk_size``) never learned to work
+    without its right context. Either way the partials would be nonsense; a clear error
+    at start-up is better than that.
+    """
+    convs = [getattr(layer, "conv_module", None) for layer in encoder.encoders]
+    if any(conv is not None and conv.lorder == 0 for conv in convs):
+        raise NotStreamable(
+            "The model's encoder convolutions are centred (causal: false in its config), "
+            "so it cannot decode chunk by chunk; live transcription needs a causal, "
+            "dynamic-chunk-trained model such as Reverb's."
+        )
+    if not (encoder.use_dynamic_chunk or encoder.static_chunk_size > 0):
+        raise NotStreamable(
+            "The model was trained with full context only (use_dynamic_chunk: false, "
+            "no static_chunk_size); its chunked outputs would not be what it learned."
+        )
+
+
 class BatchedChunkEncoder:
     """One encoder step for any set of streams (see the module docstring)."""
 
     def __init__(self, encoder: torch.nn.Module) -> None:
+        check_streamable(encoder)
         self.encoder = encoder
         # RelPositionalEncoding scales the input only; its positions go to attention.
         self.relative = type(encoder.embed.pos_enc).__name__.startswith("Rel")
