@@ -103,7 +103,9 @@ def test_endpointed_turns_give_started_deltas_stopped_committed_and_one_final_ea
         for e in events
         if e["type"].endswith("transcription.delta") and e["item_id"] == first
     ]
-    assert deltas == ["call", " the"]  # append-only, the unsettled last word held back
+    # Append-only: the unsettled last word is held back, a revision of it is not sent,
+    # and the rest of the partial goes out when the turn ends.
+    assert deltas == ["call", " the", " at nine"]
     committed = [e for e in events if e["type"] == "input_audio_buffer.committed"]
     assert [(c["item_id"], c["previous_item_id"]) for c in committed] == [
         (first, None),

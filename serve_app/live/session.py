@@ -8,9 +8,10 @@ events: ``speech_started`` / ``speech_stopped`` from the endpointer, append-only
 ``completed`` (or ``failed``). Item ids chain through ``previous_item_id``; every item
 gets exactly one ``completed`` or ``failed``.
 
-A word is sent as a delta once another word follows it in the best hypothesis: the
-last word of a partial is still being heard. The final may still revise the text
-(full context, rescoring); deltas never do.
+A word is sent as a delta once another word follows it in the best hypothesis (the
+last word of a partial is still being heard), and the rest of the partial when the
+turn ends, so a turn's deltas join into its whole partial transcript. The final may
+still revise the text (full context, rescoring); deltas never do.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class LiveSession:
         self._buffer_start = 0  # sample index of _audio[0]
         self._received = 0  # 16 kHz samples received in all
         self._segment_start_frame = 0
+        self._partial: tuple[int, ...] = ()  # the segment's best hypothesis so far
         self.item: Item | None = None
 
     def described(self) -> dict[str, Any]:
@@ -158,6 +160,8 @@ class LiveSession:
                 "The input audio buffer holds less than 100 ms of audio to commit.",
                 code="input_audio_buffer_commit_empty",
             )
+        if self.item is not None:  # the partial's last word is as settled as it gets
+            self._send_words(self._words(self._partial, self.item))
         self._emit(
             server_event(
                 "input_audio_buffer.committed",
@@ -220,13 +224,15 @@ class LiveSession:
 
     def on_step(self, out: StepOutput) -> None:
         """What one batched chunk step found for this session's stream."""
+        self._partial = out.tokens
+        segment = self.stream.segment
         for event in out.events:
             if isinstance(event, SpeechStarted):
                 self._speech_started(event.frame)
             elif isinstance(event, SpeechStopped):
                 self._speech_stopped(event.frame)
-        if self.item is not None:
-            self._send_stable_words(out.tokens)
+        if self.item is not None and self.stream.segment == segment:
+            self._send_words(self._words(out.tokens, self.item)[:-1])
         if self.stream.encoder.offset >= self._max_segment_frames:
             self._next_segment()  # without VAD: the encoder still needs a reset
 
@@ -253,23 +259,24 @@ class LiveSession:
 
     def _next_segment(self) -> None:
         if self.item is not None:
-            self.item.earlier_words = self._words(self.stream.beams.nbest()[0].best, self.item)
+            self.item.earlier_words = self._words(self._partial, self.item)
+        self._partial = ()
         self._segment_start_frame += self.stream.encoder.offset
         self.stream.new_segment()
 
     def _words(self, tokens: tuple[int, ...], item: Item) -> list[str]:
         return item.earlier_words + self._detokenize(tokens).split()
 
-    def _send_stable_words(self, tokens: tuple[int, ...]) -> None:
+    def _send_words(self, words: list[str]) -> None:
+        """A delta with the words past those already sent, unless the hypothesis
+        revised what was sent (the final will settle it)."""
         item = self.item
         assert item is not None
-        stable = self._words(tokens, item)[:-1]
         sent = item.sent_words
-        if len(stable) <= len(sent) or stable[: len(sent)] != sent:
-            return  # nothing new, or the hypothesis revised what was sent: the final will
-        new = stable[len(sent) :]
-        delta = (" " if sent else "") + " ".join(new)
-        item.sent_words = stable
+        if len(words) <= len(sent) or words[: len(sent)] != sent:
+            return
+        delta = (" " if sent else "") + " ".join(words[len(sent) :])
+        item.sent_words = words
         self._emit(
             server_event(
                 "conversation.item.input_audio_transcription.delta",
