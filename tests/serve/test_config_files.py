@@ -15,14 +15,17 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app.app import build_app
+from serve_app.app import build_app, build_realtime_app
 from serve_app.serve.config import AppConfig, BatchingConfig
 from serve_app.serve.ingress import Ingress
+from serve_app.serve.realtime_config import RealtimeConfig
 from serve_app.serve.transcriber_deployment import Transcriber
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILES = [REPO_ROOT / "serve_config.yaml", *sorted((REPO_ROOT / "configs").glob("*.yaml"))]
 EXPECTED_GPUS = {"serve_config.yaml": 1, "local.yaml": 0, "multi_gpu.yaml": 1, "single_gpu.yaml": 1}
+TRANSCRIPTION = "serve_app.app:build_app"
+REALTIME = "serve_app.app:build_realtime_app"
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -30,8 +33,8 @@ def _load(path: Path) -> dict[str, Any]:
         return yaml.safe_load(fin)
 
 
-def _apps(path: Path) -> list[dict[str, Any]]:
-    return _load(path)["applications"]
+def _apps(path: Path, import_path: str = TRANSCRIPTION) -> list[dict[str, Any]]:
+    return [a for a in _load(path)["applications"] if a["import_path"] == import_path]
 
 
 def test_the_expected_files_exist():
@@ -49,8 +52,8 @@ def test_ray_accepts_the_file(path):
 def test_args_validate_and_build(path):
     from ray.serve import Application
 
+    assert {a["import_path"] for a in _load(path)["applications"]} <= {TRANSCRIPTION, REALTIME}
     for app in _apps(path):
-        assert app["import_path"] == "serve_app.app:build_app"
         AppConfig.model_validate(app["args"])
         assert isinstance(build_app(app["args"]), Application)
 
@@ -82,7 +85,7 @@ def test_named_deployments_exist_and_are_sized_consistently(path):
 def test_production_serves_reverb_on_port_8765():
     config = _load(REPO_ROOT / "serve_config.yaml")
     assert config["http_options"] == {**config["http_options"], "host": "0.0.0.0", "port": 8765}
-    (app,) = config["applications"]
+    (app,) = _apps(REPO_ROOT / "serve_config.yaml")
     args = AppConfig.model_validate(app["args"])
     assert (args.model, args.cache_dir, args.device) == ("reverb_asr_v1", "/models", "cuda")
     scaling = app["deployments"][1]["autoscaling_config"]
@@ -102,9 +105,39 @@ def test_no_config_ships_a_key_or_forces_offline(path):
     """A key in a published file protects nothing; auth is on by naming ``api_key_env``
     (the Ingress refuses to start while it is empty). Whether replicas may download
     the model is the operator's choice, made in the nodes' environment."""
-    for app in _apps(path):
+    for app in _apps(path) + _apps(path, REALTIME):
         assert "api_key" not in app["args"], path.name
         env_vars = app.get("runtime_env", {}).get("env_vars", {})
         assert not {"HF_HUB_OFFLINE", "HF_TOKEN"} & set(env_vars), path.name
         if key_env := app["args"].get("api_key_env"):
             assert key_env not in env_vars, f"{path.name} ships a value for {key_env}"
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIG_FILES if _apps(p, REALTIME)], ids=lambda p: p.name
+)
+def test_realtime_apps_pair_with_a_transcription_app_and_outlive_no_timeout(path):
+    """A realtime app builds; its finals go to an app in the same file serving the same
+    model (so live finals equal the file API's); a session ends with an error event
+    before Serve's request timeout would cut the WebSocket without a word; its
+    replica's session limit is what bounds it, not Serve's queue."""
+    from ray.serve import Application
+
+    config = _load(path)
+    transcription = {a["name"]: a for a in _apps(path)}
+    timeout = config.get("http_options", {}).get("request_timeout_s")
+    for app in _apps(path, REALTIME):
+        args = RealtimeConfig.model_validate(app["args"])
+        assert isinstance(build_realtime_app(app["args"]), Application)
+        paired = AppConfig.model_validate(transcription[args.transcription_app]["args"])
+        assert (args.model, args.cache_dir, args.device) == (
+            paired.model,
+            paired.cache_dir,
+            paired.device,
+        )
+        if timeout is not None:
+            assert args.max_session_s < timeout
+        (deployment,) = app["deployments"]
+        assert deployment["name"] == "Realtime"
+        assert "num_gpus" in deployment["ray_actor_options"]
+        assert deployment.get("max_ongoing_requests", args.max_sessions + 8) > args.max_sessions
