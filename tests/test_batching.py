@@ -54,6 +54,23 @@ def test_clip_alone_equals_clip_in_mixed_batch(transcriber, synth):
     assert nonempty >= 12, "the tiny model should emit words for most clips"
 
 
+def test_chunked_and_full_context_rows_share_a_batch_and_decode_as_alone(transcriber, synth):
+    """A forward has one attention mask, so rows are grouped by decoding_chunk_size."""
+    requests = [
+        Request(synth(s, seed=i), DecodeOptions(decoding_chunk_size=c))
+        for i, (s, c) in enumerate([(4.0, -1), (6.0, 16), (3.0, 8), (5.0, 16), (2.5, -1)])
+    ]
+    batched = transcriber.transcribe_many(requests)
+    assert transcriber.last_reports[0].forwards == 3
+    for request, together in zip(requests, batched, strict=True):
+        assert together.text == transcriber.transcribe(request.audio, request.options).text
+
+
+def test_decoding_chunk_size_is_minus_one_or_positive():
+    with pytest.raises(ValueError, match="full context"):
+        DecodeOptions(decoding_chunk_size=0)
+
+
 def test_verbatimicity_changes_output_within_one_batch(transcriber, synth):
     audio = synth(12.0, seed=5)
     reqs = [

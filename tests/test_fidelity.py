@@ -119,3 +119,19 @@ def test_joint_decoding_serves_words_with_times(transcriber, synth):
     ours = transcriber.transcribe(synth(8.0, seed=1), opts)
     assert ours.words
     assert all(0 <= w.start <= w.end <= ours.duration + 0.5 for w in ours.words)
+
+
+@pytest.mark.parametrize("mode", ["ctc_prefix_beam_search", "attention_rescoring"])
+@pytest.mark.parametrize("chunk", [16, 8])
+def test_chunked_decoding_equals_rev(rev_asr, transcriber, clips, mode, chunk):
+    """``decoding_chunk_size`` (the encoder sees N-frame chunks, all left context) is
+    Rev's option of that name; it also changes the output, so the mask is applied."""
+    changed = False
+    for clip in ("short", "three_chunks"):
+        opts = DecodeOptions(decoding_mode=mode, decoding_chunk_size=chunk, word_timestamps="rev")
+        ours = transcriber.transcribe(clips[clip], opts)
+        rev = rev_asr.transcribe(f"{clip}.wav", mode=mode, decoding_chunk_size=chunk, format="txt")
+        assert ours.text == rev
+        full = transcriber.transcribe(clips[clip], DecodeOptions(decoding_mode=mode))
+        changed |= full.text != ours.text
+    assert changed

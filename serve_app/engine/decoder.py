@@ -134,15 +134,23 @@ class BatchDecoder:
         )
 
     def pack(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Length-sorted rows (longest first) cut into sub-batches by :func:`pack_cuts`.
+        """Rows grouped by ``decoding_chunk_size`` (a forward has one attention mask),
+        each group length-sorted (longest first) and cut into sub-batches by
+        :func:`pack_cuts`.
 
         One 20 s chunk therefore does not make fifteen 2 s clips pad to 20 s, and short
         rows still share one forward.
         """
-        ordered = sorted(rows, key=lambda r: r.feats.shape[0], reverse=True)
-        lengths = [r.feats.shape[0] for r in ordered]
-        cuts = pack_cuts(lengths, self.max_padded_frames, self.forward_cost_frames)
-        return [ordered[c.start : c.stop] for c in cuts]
+        by_chunking: dict[int, list[_Row]] = defaultdict(list)  # one encoder mask per forward
+        for row in rows:
+            by_chunking[row.job.options.decoding_chunk_size].append(row)
+        subs = []
+        for group in by_chunking.values():
+            ordered = sorted(group, key=lambda r: r.feats.shape[0], reverse=True)
+            lengths = [r.feats.shape[0] for r in ordered]
+            cuts = pack_cuts(lengths, self.max_padded_frames, self.forward_cost_frames)
+            subs += [ordered[c.start : c.stop] for c in cuts]
+        return subs
 
     # -- internals --------------------------------------------------------------------
 
@@ -176,8 +184,9 @@ class BatchDecoder:
             dtype=torch.float32,
             device=device,
         )
+        chunking = rows[0].job.options.decoding_chunk_size  # one per sub-batch (pack)
         encoder_out, encoder_mask = m.model._forward_encoder(
-            feats, lengths.to(device), -1, -1, False, cat_embs=cat_embs
+            feats, lengths.to(device), chunking, -1, False, cat_embs=cat_embs
         )
         report.sub_batches.append(
             SubBatch(len(rows), int(lengths.sum()), int(lengths.max()) * len(rows))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DecodingMode = Literal[
     "ctc_greedy_search",
@@ -85,6 +85,23 @@ class DecodeOptions(BaseModel):
         description="'aligned': word ends from a CTC forced alignment, confidences "
         "from the posteriors, in every mode. 'rev': Rev's CLI word times, byte for byte.",
     )
+
+    decoding_chunk_size: int = Field(
+        -1,
+        ge=-1,
+        le=1024,
+        description="-1: full context (the offline default). N > 0: the encoder sees "
+        "N-frame chunks (40 ms each) with all earlier context, as a live stream would, "
+        "like Rev's CLI option of that name; only dynamic-chunk-trained models (Reverb) "
+        "decode well this way.",
+    )
+
+    @field_validator("decoding_chunk_size")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("decoding_chunk_size is -1 (full context) or a positive size")
+        return value
 
     def search_key(self) -> tuple:
         """Options that must be equal for rows to share one search call."""
