@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.live.decoder import LiveStepper, LiveStream, StepOutput
 from serve_app.live.endpointing import SpeechStarted, SpeechStopped
-from serve_app.live.session import LiveSession
+from serve_app.live.session import IDLE_KEEP_S, LiveSession
 
 WORDS = {1: "call", 2: "the", 3: "team", 4: "at", 5: "nine"}
 
@@ -175,6 +175,40 @@ def test_bad_events_are_errors_and_the_session_goes_on(tiny_model):
 
     kinds = [e["type"] for e in asyncio.run(run())]
     assert kinds == ["session.created", "error", "error", "input_audio_buffer.cleared"]
+
+
+def test_a_session_holds_bounded_audio_however_fast_it_is_sent(tiny_model):
+    """Uncommitted audio is capped (an error, the session goes on, a commit frees it),
+    and between turns with VAD on old silence is dropped."""
+    rate16k = {"type": "audio/pcm", "rate": 16000}
+
+    def session_with(turn_detection) -> LiveSession:
+        session = make_session(tiny_model, Finals())
+        audio_input = {"format": rate16k, "turn_detection": turn_detection}
+        update = {"type": "transcription", "audio": {"input": audio_input}}
+        session.handle({"type": "session.update", "session": update})
+        return session
+
+    async def run():
+        minute = append_event(np.zeros(60 * 16000, np.float32))
+        commit_only = session_with(None)
+        for _ in range(6):
+            commit_only.handle(minute)
+        held = commit_only._received - commit_only._buffer_start
+        commit_only.handle({"type": "input_audio_buffer.commit"})
+        commit_only.handle(minute)
+        await commit_only.drain()
+        vad = session_with({"type": "server_vad"})
+        for _ in range(3):
+            vad.handle(minute)  # silence: no step finds speech, no turn starts
+        return held, drain(commit_only), vad._received - vad._buffer_start
+
+    held, events, idle_held = asyncio.run(run())
+    assert held == 300 * 16000
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert error["error"]["code"] == "input_audio_buffer_full"
+    assert [e["type"] for e in events].count("input_audio_buffer.committed") == 1
+    assert idle_held == (IDLE_KEEP_S + 60) * 16000  # trimmed, then one more minute
 
 
 @pytest.mark.slow

@@ -37,7 +37,9 @@ from serve_app.live.protocol import (
 )
 
 SAMPLE_RATE = 16_000
-SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000
+MAX_BUFFER_S = 300  # uncommitted audio a session holds at most (19 MB at 16 kHz float32)
+MAX_BUFFER_SAMPLES = MAX_BUFFER_S * SAMPLE_RATE
+IDLE_KEEP_S = 20  # between turns with VAD on: older audio cannot start a turn any more
 
 FinalTranscriber = Callable[[np.ndarray, DecodeOptions], Awaitable[str]]
 """The batch path: a turn's 16 kHz audio and options -> its transcript text."""
@@ -144,6 +146,15 @@ class LiveSession:
 
     def _append(self, samples: np.ndarray) -> None:
         audio = self._resample(samples)
+        if self._received - self._buffer_start + audio.size > MAX_BUFFER_SAMPLES:
+            raise ProtocolError(
+                f"The input audio buffer holds {MAX_BUFFER_S} s of uncommitted audio, the "
+                "most a session keeps: commit or clear it (or send at real time, so the "
+                "server's VAD keeps up).",
+                code="input_audio_buffer_full",
+            )
+        if self.item is None and self.settings.turn_detection is not None:
+            self._forget_silence()
         self._audio.append(audio)
         self._received += audio.size
         self.stream.push(audio)
@@ -176,6 +187,13 @@ class LiveSession:
         task = asyncio.get_running_loop().create_task(self._final(item.id, audio))
         self._pending_finals.add(task)
         task.add_done_callback(self._pending_finals.discard)
+
+    def _forget_silence(self) -> None:
+        """Between turns (VAD on) only the last ``IDLE_KEEP_S`` can still become the
+        start of a turn (prefix padding, the step's lag): drop what is older, now and
+        then, so a session left open in silence holds little."""
+        if self._received - self._buffer_start > (IDLE_KEEP_S + 10) * SAMPLE_RATE:
+            self._take_audio(self._buffer_start, self._received - IDLE_KEEP_S * SAMPLE_RATE)
 
     def _take_audio(self, start: int, end: int) -> np.ndarray:
         """Samples [start, end) of the buffer; what is before ``end`` is dropped."""
