@@ -14,10 +14,10 @@ them against one stream per step, and sessions end to end through Serve.
    Ray, N WebSocket sessions each streaming held-out clips paced at real time, with a
    pause after each so the server's VAD ends the turn (see ``bench.realtime_service``).
 
-    python -m bench.realtime --model /tmp/demo_v2 --data /tmp/demo_v2_testdata
+    python -m bench.realtime --model models/demo-live --data tests/data/demo
     python -m bench.realtime --model models/tiny_random --service-streams 0   # no clips
-    python -m bench.realtime --model /tmp/full_model --device cuda \\
-        --streams 1 16 64 128 256 --service-streams 1 16          # the GPU variant
+    python -m bench.realtime --model /tmp/full_model --final-model /tmp/full_model \\
+        --device cuda --streams 1 16 64 128 256 --service-streams 1 16   # the GPU variant
 
 Without ``--data`` the streams play speech-like noise (a random model has nothing to
 recognise), and the service part reports latencies only.
@@ -191,6 +191,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--service-streams", type=int, nargs="+", default=[1, 4], help="0: skip the service"
     )
     parser.add_argument("--service-clips", type=int, default=6, help="clips per session")
+    parser.add_argument(
+        "--final-model", help="the finals' model (default: configs/local.yaml's, models/demo)"
+    )
     parser.add_argument("--md", type=Path)
     parser.add_argument("--json", type=Path)
     return parser.parse_args(argv)

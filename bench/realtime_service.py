@@ -1,7 +1,7 @@
 """The realtime benchmark's service part: N live sessions through Serve's proxy.
 
-The transcription app (configs/local.yaml's, with the benchmark's model) and the
-realtime app run on a local Ray. Each session streams ``--service-clips`` held-out
+configs/local.yaml's two apps run on a local Ray (what ``make run`` serves), the
+realtime one with the benchmark's ``--model``. Each session streams ``--service-clips`` held-out
 clips, each followed by 1.2 s of silence, as 16 kHz PCM16 in 40 ms appends paced at
 real time, with the server's VAD on (500 ms of silence ends a turn), then commits.
 Every event is timed on arrival. Per clip (the turns whose audio overlaps it most):
@@ -60,17 +60,21 @@ class SessionLog:
 
 
 def service_config(args: argparse.Namespace, port: int, sessions: int) -> dict[str, Any]:
-    model = str(Path(args.model).resolve())
-    config = app_config(REPO_ROOT / "configs" / "local.yaml", port, model=model, device=args.device)
-    config["applications"].append(
-        {
-            "name": "realtime",
-            "route_prefix": "/v1/realtime",
-            "import_path": "serve_app.app:build_realtime_app",
-            "args": {"model": model, "device": args.device, "max_sessions": sessions + 4},
-            "deployments": [{"name": "Realtime", "num_replicas": 1}],
-        }
-    )
+    """configs/local.yaml (what ``make run`` serves) on ``port``: partials from
+    ``--model``, finals from ``--final-model`` (default: local.yaml's), on ``--device``."""
+    config = app_config(REPO_ROOT / "configs" / "local.yaml", port, device=args.device)
+    gpus = 0.5 if args.device == "cuda" else 0  # both models on the one GPU
+    for app in config["applications"]:
+        live = app["import_path"].endswith("build_realtime_app")
+        if live:
+            app["args"].update(model=str(Path(args.model).resolve()), max_sessions=sessions + 4)
+        elif args.final_model:
+            app["args"]["model"] = str(Path(args.final_model).resolve())
+        for deployment in app["deployments"]:
+            if deployment["name"] in ("Transcriber", "Realtime"):
+                deployment["ray_actor_options"]["num_gpus"] = gpus
+            if deployment["name"] == "Realtime":
+                deployment["max_ongoing_requests"] = sessions + 12
     return config
 
 

@@ -41,12 +41,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"reverb-serve: serving {config} on {url} (OpenAI base_url {url}/v1); Ctrl-C stops")
     print("once the log says the app is running (~40 s on 2 cores), open the page")
     print(f"  {url}/")
-    print("in a browser (upload or record), or try:")
+    print("in a browser (upload, record or live captions), or try:")
     print(
         f"  curl -s {url}/v1/audio/transcriptions -F file=@{sample} "
-        "-F response_format=verbose_json -F 'timestamp_granularities[]=word'",
-        flush=True,
+        "-F response_format=verbose_json -F 'timestamp_granularities[]=word'"
     )
+    print("or stream a file at real time over the realtime WebSocket (openai SDK):")
+    print(f"  .venv/bin/python examples/realtime_stream.py {sample}", flush=True)
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     serve_bin = Path(sys.executable).parent / "serve"
     return subprocess.call([str(serve_bin), "run", str(config)], env=env, cwd=ROOT)

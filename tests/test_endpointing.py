@@ -7,6 +7,7 @@ import numpy as np
 from serve_app.live.endpointing import Endpointer, EndpointRules, SpeechStarted, SpeechStopped
 
 SILENT, SPOKEN = 0.99, 0.1  # blank probabilities
+NO_TAIL = {"word_tail_ms": 0}  # frame-level speech, as an energy VAD would see it
 
 
 def frames(*runs: tuple[float, int]) -> np.ndarray:
@@ -14,7 +15,7 @@ def frames(*runs: tuple[float, int]) -> np.ndarray:
 
 
 def test_speech_then_a_long_enough_pause_is_one_segment():
-    rules = EndpointRules(silence_duration_ms=500)  # 13 frames
+    rules = EndpointRules(silence_duration_ms=500, **NO_TAIL)  # 13 frames
     ep = Endpointer(rules)
     events = ep.feed(frames((SILENT, 10), (SPOKEN, 30), (SILENT, 20)))
     assert events == [SpeechStarted(10), SpeechStopped(40)]
@@ -22,15 +23,15 @@ def test_speech_then_a_long_enough_pause_is_one_segment():
 
 
 def test_a_pause_shorter_than_the_silence_duration_does_not_end_the_segment():
-    ep = Endpointer(EndpointRules(silence_duration_ms=500))
+    ep = Endpointer(EndpointRules(silence_duration_ms=500, **NO_TAIL))
     events = ep.feed(frames((SPOKEN, 10), (SILENT, 12), (SPOKEN, 5), (SILENT, 13)))
     assert events == [SpeechStarted(0), SpeechStopped(27)]
 
 
 def test_fed_frame_by_frame_it_finds_the_same_events():
     posteriors = frames((SILENT, 4), (SPOKEN, 7), (SILENT, 30), (SPOKEN, 3), (SILENT, 2))
-    whole = Endpointer(EndpointRules()).feed(posteriors)
-    ep = Endpointer(EndpointRules())
+    whole = Endpointer(EndpointRules(**NO_TAIL)).feed(posteriors)
+    ep = Endpointer(EndpointRules(**NO_TAIL))
     one_by_one = [e for p in posteriors for e in ep.feed(np.array([p]))]
     assert one_by_one == whole == [SpeechStarted(4), SpeechStopped(11), SpeechStarted(41)]
 
@@ -52,3 +53,12 @@ def test_silence_alone_starts_nothing_and_the_threshold_decides_what_is_speech()
     unsure = frames((0.6, 20))  # p(speech) 0.4
     assert Endpointer(EndpointRules(threshold=0.5)).feed(unsure) == []
     assert Endpointer(EndpointRules(threshold=0.3)).feed(unsure) == [SpeechStarted(0)]
+
+
+def test_ctc_spikes_a_word_apart_are_one_segment_that_ends_after_the_last_word():
+    """Real CTC output: one spike per word, blanks between (the demo model's spikes
+    within a sentence are up to 16 frames apart)."""
+    spiky = [(SILENT, 5)] + [(SPOKEN, 1), (SILENT, 15)] * 6 + [(SILENT, 40)]
+    events = Endpointer(EndpointRules(silence_duration_ms=500)).feed(frames(*spiky))
+    last_spike = 5 + 5 * 16
+    assert events == [SpeechStarted(5), SpeechStopped(last_spike + 1 + 12)]

@@ -16,7 +16,7 @@ from scripts.demo_model.losses import ATT_LOSS_TOKENS
 from scripts.demo_model.tts import BASE_VOICES, TRAIN_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = ROOT / "models" / "demo"
+DEFAULT_MODEL = ROOT / "models" / "demo-live"  # what the defaults train
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -70,8 +70,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """Schedule, data mix and loss weights; the defaults are the committed model's."""
-    parser.add_argument("--steps", type=int, default=4400, help="optimizer steps")
+    """Schedule, data mix and loss weights; the defaults are models/demo-live's."""
+    parser.add_argument("--steps", type=int, default=5800, help="optimizer steps")
     parser.add_argument(
         "--max-frames", type=int, default=5000, help="padded feature frames per batch"
     )
@@ -93,14 +93,14 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onset-delay-ms",
         type=float,
-        default=0.0,
+        default=120.0,
         help="onset labels this long after each word's start (40 ms frames); the "
         "calibration then moves word times back",
     )
     parser.add_argument(
         "--chunk-from-step",
         type=int,
-        default=300,
+        default=2200,
         help="first step of dynamic chunk training (-1: full context throughout)",
     )
     parser.add_argument(

@@ -5,10 +5,11 @@ said: the CTC blank posterior. WeNet's runtime endpoints on it (``ctc_endpoint.h
 a frame is silence when its blank probability is above a threshold, and a segment
 ends after enough trailing silence following speech, or when it grows too long. The
 same rules serve OpenAI's ``turn_detection`` knobs: ``silence_duration_ms`` is the
-trailing silence, ``prefix_padding_ms`` how much audio before the first speech frame
-the segment keeps, and ``threshold`` (0-1, higher needs louder speech) maps onto the
-blank threshold. A segment is also cut at ``max_segment_ms`` whatever is said,
-because the encoder's positions and caches must be reset well before 5000 frames.
+trailing silence (after the last word's spike and the rest of that word),
+``prefix_padding_ms`` how much audio before the first speech frame the segment keeps,
+and ``threshold`` (0-1, higher needs louder speech) maps onto the blank threshold. A
+segment is also cut at ``max_segment_ms`` whatever is said, because the encoder's
+positions and caches must be reset well before 5000 frames.
 """
 
 from __future__ import annotations
@@ -29,10 +30,20 @@ class EndpointRules:
     silence_duration_ms: int = 500
     prefix_padding_ms: int = 300
     max_segment_ms: int = 20_000
+    word_tail_ms: int = 480
+    """A CTC model marks a word with a spike near its onset and blanks over the rest of
+    it, so "silence" counted from the last spike includes that word's own sound. The
+    trailing silence is counted from the spike plus this allowance (measured on the
+    demo model: spikes within speech are up to 640 ms apart), and the segment's speech
+    ends that much after the spike, so its last word is not cut."""
 
     @property
     def silence_frames(self) -> int:
-        return max(1, -(-self.silence_duration_ms // FRAME_MS))
+        return max(1, -(-(self.silence_duration_ms + self.word_tail_ms) // FRAME_MS))
+
+    @property
+    def tail_frames(self) -> int:
+        return self.word_tail_ms // FRAME_MS
 
     @property
     def max_frames(self) -> int:
@@ -87,7 +98,7 @@ class Endpointer:
                     events.append(SpeechStopped(self.frame + 1, forced=True))
                     self.speech_start = None
             elif self.frame - self._last_speech >= self.rules.silence_frames:
-                events.append(SpeechStopped(self._last_speech + 1))
+                events.append(SpeechStopped(self._last_speech + 1 + self.rules.tail_frames))
                 self.speech_start = None
             self.frame += 1
         return events

@@ -21,6 +21,9 @@ Apps (one Serve instance, one HTTP port):
 * ``demo`` at ``/demo``: the bundled demo model (real speech), for the browser-page
   tests; the guarded app's CORS allowlist also names ``http://127.0.0.1:<port>``, so a
   page served from ``/demo`` may call it cross-origin through ``http://localhost``.
+* ``demo-realtime`` at ``/demo/v1/realtime``: live sessions on the streaming demo model
+  (``models/demo-live``), finals through ``demo``, as configs/local.yaml pairs them:
+  where the page served from ``/demo`` opens its live captions.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from serve_helpers import (
     CLIENT_ID_HEADER,
     DEMO_APP,
     DEMO_PREFIX,
+    DEMO_REALTIME_APP,
+    DEMO_REALTIME_PREFIX,
     DEPLOY_TIMEOUT_S,
     GUARDED_APP,
     GUARDED_PREFIX,
@@ -58,6 +63,7 @@ from serve_helpers import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL_DIR = REPO_ROOT / "models" / "demo"
+DEMO_LIVE_MODEL_DIR = REPO_ROOT / "models" / "demo-live"  # streaming: the live partials
 
 
 # --------------------------------------------------------------------------- audio
@@ -217,6 +223,18 @@ class ServeCluster:
                         {"name": "Ingress", **small},
                         {"name": "Transcriber", "ray_actor_options": {"num_cpus": 0.5}},
                     ],
+                },
+                {
+                    "name": DEMO_REALTIME_APP,
+                    "route_prefix": DEMO_REALTIME_PREFIX,
+                    "import_path": "serve_app.app:build_realtime_app",
+                    "args": {
+                        **common,
+                        "model": str(DEMO_LIVE_MODEL_DIR),
+                        "transcription_app": DEMO_APP,
+                        "max_sessions": 2,
+                    },
+                    "deployments": [{"name": "Realtime", **small}],
                 },
                 {
                     "name": CALLER_APP,

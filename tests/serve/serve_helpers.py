@@ -3,10 +3,12 @@ this folder on sys.path because it holds a conftest.py and no __init__.py)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,8 @@ REALTIME_APP = "realtime"
 REALTIME_PREFIX = "/v1/realtime"
 DEMO_APP = "demo"
 DEMO_PREFIX = "/demo"
+DEMO_REALTIME_APP = "demo-realtime"
+DEMO_REALTIME_PREFIX = DEMO_PREFIX + REALTIME_PREFIX  # where the page served at /demo looks
 API_KEY = "test-key-123"
 GUARDED_UPLOAD_LIMIT = 200_000
 ALLOWED_ORIGIN = "http://allowed.example"
@@ -33,6 +37,16 @@ CLIENT_ID_HEADER = "X-Client-Id"
 # Production default wait; the batching test must pass with it, not a tuned value.
 BASE_BATCHING = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
 DEPLOY_TIMEOUT_S = 180
+
+
+DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def manifest_text(name: str) -> str:
+    """The text of a demo held-out clip, from its manifest."""
+    manifest = json.loads((DEMO_DATA / "manifest.json").read_text())
+    (text,) = [c["text"] for c in manifest["clips"] if c["file"] == name]
+    return text
 
 
 def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:

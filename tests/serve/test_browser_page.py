@@ -20,22 +20,22 @@ import httpx
 import numpy as np
 import pytest
 from browser import chromium, contrast_ratio, wait_for_download, wait_until
-from serve_helpers import API_KEY, CLIENT_ID_HEADER, GUARDED_UPLOAD_LIMIT, stalled_upload
+from serve_helpers import (
+    API_KEY,
+    CLIENT_ID_HEADER,
+    DEMO_DATA,
+    GUARDED_UPLOAD_LIMIT,
+    manifest_text,
+    stalled_upload,
+)
 
 from serve_app.engine.audio import decode_audio
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_DATA = REPO_ROOT / "tests" / "data" / "demo"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 MICROPHONE_CLIP = "heldout_00.opus"
 MICROPHONE_LEAD_S, MICROPHONE_TAIL_S = 0.5, 2.0
-
-
-def manifest_text(name: str) -> str:
-    manifest = json.loads((DEMO_DATA / "manifest.json").read_text())
-    (text,) = [c["text"] for c in manifest["clips"] if c["file"] == name]
-    return text
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +351,74 @@ def test_recording_the_microphone_transcribes_the_take(
     assert not shown(driver, "error"), text_of(driver, "error")
     assert text_of(driver, "transcript") == manifest_text(MICROPHONE_CLIP)
     screenshot(driver, "record", tmp_path)
+
+
+# --------------------------------------------------------------------------- live
+
+
+def first_turn(driver, state: str) -> str | None:
+    return driver.execute_script(
+        f"const t = document.querySelector('#captions .turn[data-state={state}]');"
+        "return t && t.textContent.trim()"
+    )
+
+
+def test_live_captions_show_partial_words_then_the_clips_text_as_the_final(
+    serve_cluster, page, tmp_path
+):
+    """The fake microphone plays the held-out clip, silence around it, in a loop; the
+    Live tab streams it over the realtime WebSocket (AudioWorklet, PCM16 at 24 kHz).
+    Partial words show while it plays, and the server's VAD ends the turn in the
+    silence after it, with the clip's text as the final."""
+    driver = page(serve_cluster.demo_url)
+    driver.find_element("id", "tab-live").click()
+    assert shown(driver, "panel-live") and not shown(driver, "panel-upload")
+    driver.find_element("id", "live-start").click()
+    wait_until(
+        lambda: (
+            not driver.find_element("id", "live-stop").get_attribute("disabled")
+            or shown(driver, "error")
+        ),
+        30,
+        "the live session",
+    )
+    assert not shown(driver, "error"), text_of(driver, "error")
+    wait_until(
+        lambda: driver.execute_script("return document.getElementById('live-level').value") > 0.05,
+        10,
+        "the level meter moving",
+    )
+    partial = wait_until(lambda: first_turn(driver, "partial"), 20, "partial words")
+    final = wait_until(
+        lambda: first_turn(driver, "final") or (shown(driver, "error") and "(error)"),
+        30,
+        "the turn's final",
+    )
+    assert not shown(driver, "error"), text_of(driver, "error")
+    screenshot(driver, "live", tmp_path)
+    driver.find_element("id", "live-stop").click()
+    wait_until(lambda: text_of(driver, "live-state") == "Stopped", 30, "the session stopped")
+    assert final == manifest_text(MICROPHONE_CLIP)
+    assert partial.split()[0] == final.split()[0]
+
+
+def test_live_captions_need_the_key_where_the_server_has_one(serve_cluster, page):
+    """The page at ``/`` opens ``/v1/realtime`` (the tiny model's realtime app, which has
+    a key): refused in words without the key, connected with it (the subprotocol)."""
+    driver = page(serve_cluster.base_url)
+    driver.find_element("id", "tab-live").click()
+    driver.find_element("id", "live-start").click()
+    wait_until(lambda: shown(driver, "error"), 30, "the refusal")
+    assert "refused" in text_of(driver, "error") and "API key" in text_of(driver, "error")
+    assert not driver.find_element("id", "live-start").get_attribute("disabled")
+
+    driver = page(serve_cluster.base_url, key=API_KEY)
+    driver.find_element("id", "tab-live").click()
+    driver.find_element("id", "live-start").click()
+    wait_until(lambda: text_of(driver, "live-state") == "Listening", 30, "the live session")
+    assert not shown(driver, "error"), text_of(driver, "error")
+    driver.find_element("id", "live-stop").click()
+    wait_until(lambda: text_of(driver, "live-state") == "Stopped", 30, "the session stopped")
 
 
 # --------------------------------------------------------------------------- layout and access

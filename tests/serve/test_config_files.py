@@ -117,10 +117,12 @@ def test_no_config_ships_a_key_or_forces_offline(path):
     "path", [p for p in CONFIG_FILES if _apps(p, REALTIME)], ids=lambda p: p.name
 )
 def test_realtime_apps_pair_with_a_transcription_app_and_outlive_no_timeout(path):
-    """A realtime app builds; its finals go to an app in the same file serving the same
-    model (so live finals equal the file API's); a session ends with an error event
-    before Serve's request timeout would cut the WebSocket without a word; its
-    replica's session limit is what bounds it, not Serve's queue."""
+    """A realtime app builds; its finals go to a transcription app in the same file, on
+    the same device (so live finals equal that app's file API); a session ends with an
+    error event before Serve's request timeout would cut the WebSocket without a word;
+    its replica's session limit is what bounds it, not Serve's queue. Where the two
+    models differ (configs/local.yaml: the streaming demo model for partials), the
+    realtime one must be a folder in the repository."""
     from ray.serve import Application
 
     config = _load(path)
@@ -130,11 +132,9 @@ def test_realtime_apps_pair_with_a_transcription_app_and_outlive_no_timeout(path
         args = RealtimeConfig.model_validate(app["args"])
         assert isinstance(build_realtime_app(app["args"]), Application)
         paired = AppConfig.model_validate(transcription[args.transcription_app]["args"])
-        assert (args.model, args.cache_dir, args.device) == (
-            paired.model,
-            paired.cache_dir,
-            paired.device,
-        )
+        assert args.device == paired.device
+        if args.model != paired.model:
+            assert (REPO_ROOT / args.model / "config.yaml").is_file(), args.model
         if timeout is not None:
             assert args.max_session_s < timeout
         (deployment,) = app["deployments"]

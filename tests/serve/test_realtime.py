@@ -13,7 +13,15 @@ import json
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import API_KEY, REALTIME_PREFIX, wav_bytes
+from serve_helpers import (
+    API_KEY,
+    DEMO_DATA,
+    DEMO_PREFIX,
+    DEMO_REALTIME_PREFIX,
+    REALTIME_PREFIX,
+    manifest_text,
+    wav_bytes,
+)
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 
@@ -22,8 +30,8 @@ def pcm16_b64(samples: np.ndarray) -> str:
     return base64.b64encode((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()).decode()
 
 
-def ws_url(serve_cluster) -> str:
-    return serve_cluster.base_url.replace("http://", "ws://") + REALTIME_PREFIX
+def ws_url(serve_cluster, prefix: str = REALTIME_PREFIX) -> str:
+    return serve_cluster.base_url.replace("http://", "ws://") + prefix
 
 
 def browser_connect(url: str):
@@ -136,3 +144,50 @@ def test_past_the_session_limit_a_new_session_is_refused_with_an_error(serve_clu
     # Closed sessions free their places.
     with browser_connect(url) as again:
         assert json.loads(again.recv(timeout=30))["type"] == "session.created"
+
+
+def test_server_vad_on_real_speech_ends_each_turn_and_its_final_is_the_file_apis(
+    serve_cluster,
+):
+    """The demo model's own blanks find two held-out sentences with a pause between
+    them: two turns, chained, each ``completed`` equal to what the file API returns for
+    exactly the audio the server says the turn spans."""
+    from websockets.sync.client import connect
+
+    from serve_app.engine.audio import decode_audio
+
+    names = ["heldout_00.opus", "heldout_03.opus"]
+    pause = np.zeros(int(1.2 * 16000), np.float32)
+    audio = np.concatenate(
+        [p for n in names for p in (pause, decode_audio((DEMO_DATA / n).read_bytes()))] + [pause]
+    )
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    vad = {"type": "server_vad", "silence_duration_ms": 500, "prefix_padding_ms": 300}
+    update = {"type": "transcription", "audio": {"input": {**COMMIT_ONLY_16K["audio"]["input"]}}}
+    update["audio"]["input"]["turn_detection"] = vad
+    events = []
+    with connect(ws_url(serve_cluster, DEMO_REALTIME_PREFIX) + "?intent=transcription") as ws:
+        ws.send(json.dumps({"type": "session.update", "session": update}))
+        for piece in np.array_split(pcm, pcm.size // 1600):  # 100 ms appends, unpaced
+            ws.send(
+                json.dumps({"type": "input_audio_buffer.append", "audio": pcm16_b64(piece / 32768)})
+            )
+        while sum(e["type"].endswith("transcription.completed") for e in events) < 2:
+            events.append(json.loads(ws.recv(timeout=60)))
+            assert events[-1]["type"] != "error", events[-1]
+    started = [e for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    stopped = [e for e in events if e["type"] == "input_audio_buffer.speech_stopped"]
+    committed = [e for e in events if e["type"] == "input_audio_buffer.committed"]
+    completed = {e["item_id"]: e for e in events if e["type"].endswith("transcription.completed")}
+    assert len(started) == len(stopped) == len(committed) == 2
+    assert committed[1]["previous_item_id"] == committed[0]["item_id"]
+    for start, stop, name in zip(started, stopped, names, strict=True):
+        assert start["item_id"] == stop["item_id"]
+        turn = pcm[start["audio_start_ms"] * 16 : stop["audio_end_ms"] * 16]
+        file_api = httpx.post(
+            serve_cluster.base_url + DEMO_PREFIX + TRANSCRIPTIONS,
+            files={"file": ("turn.wav", wav_bytes(turn.astype(np.float32) / 32768))},
+            timeout=120,
+        ).json()["text"]
+        assert completed[start["item_id"]]["transcript"] == file_api
+        assert file_api == manifest_text(name)

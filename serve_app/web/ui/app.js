@@ -1,6 +1,7 @@
 // The page's wiring: tabs, settings, upload and record, status, result and downloads.
 import { ApiError, apiBase, fetchModels, settings, transcribe } from "./api.js";
 import { FILE_TYPES, renderAs } from "./formats.js";
+import { LiveCaptions } from "./live.js";
 import { Recorder } from "./recorder.js";
 import { drawTimeline, highlight } from "./timeline.js";
 
@@ -220,6 +221,85 @@ function initRecord() {
   });
 }
 
+// ------------------------------------------------------------------ live
+
+/** The caption line of a turn, made when its first event arrives. */
+function turnLine(itemId) {
+  let line = document.querySelector(`#captions [data-item="${CSS.escape(itemId)}"]`);
+  if (!line) {
+    line = document.createElement("p");
+    line.className = "turn";
+    line.dataset.item = itemId;
+    line.dataset.state = "partial";
+    line.append(Object.assign(document.createElement("span"), { className: "partial" }));
+    $("captions").append(line);
+  }
+  return line;
+}
+
+function onLiveEvent(event) {
+  const type = event.type;
+  if (type === "input_audio_buffer.speech_started") {
+    turnLine(event.item_id);
+    $("live-state").textContent = "Hearing speech…";
+  } else if (type === "input_audio_buffer.speech_stopped") {
+    $("live-state").textContent = "Listening";
+  } else if (type.endsWith("input_audio_transcription.delta")) {
+    turnLine(event.item_id).querySelector(".partial").textContent += event.delta;
+  } else if (type.endsWith("input_audio_transcription.completed")) {
+    const line = turnLine(event.item_id);
+    if (!event.transcript && !line.querySelector(".partial").textContent) line.remove();
+    else {
+      line.textContent = event.transcript;
+      line.dataset.state = "final";
+    }
+  } else if (type.endsWith("input_audio_transcription.failed")) {
+    showError(new Error(`A turn could not be transcribed: ${event.error.message}`));
+  } else if (type === "error" && event.error.event_id !== "stop") {
+    showError(new Error(`The live session reported: ${event.error.message} (${event.error.code})`));
+  }
+  const captions = $("captions");
+  captions.scrollTop = captions.scrollHeight;
+}
+
+const live = new LiveCaptions({
+  onEvent: onLiveEvent,
+  onLevel: (level) => ($("live-level").value = level),
+  onClosed: (why) => {
+    liveStopped();
+    if (why) showError(new Error(`The live session ended: ${why}`));
+  },
+});
+
+function liveStopped() {
+  $("live-start").disabled = false;
+  $("live-stop").disabled = true;
+  $("live-state").textContent = "Stopped";
+}
+
+function initLive() {
+  $("live-start").addEventListener("click", async () => {
+    hideError();
+    $("live-start").disabled = true;
+    $("live-state").textContent = "Connecting…";
+    try {
+      await live.start({ ...options(), verbatimicity: Number(options().verbatimicity) });
+      $("live-stop").disabled = false;
+      $("live-state").textContent = "Listening";
+      $("live-stop").focus();
+    } catch (err) {
+      liveStopped();
+      showError(err);
+    }
+  });
+  $("live-stop").addEventListener("click", async () => {
+    $("live-stop").disabled = true;
+    $("live-state").textContent = "Finishing…";
+    await live.stop();
+    liveStopped();
+  });
+}
+
 // ------------------------------------------------------------------ start
 
 function init() {
@@ -227,6 +307,7 @@ function init() {
   initTabs();
   initUpload();
   initRecord();
+  initLive();
   $("verbatimicity").addEventListener("input", () => {
     $("verbatimicity-value").textContent = Number($("verbatimicity").value).toFixed(2);
   });
