@@ -93,11 +93,19 @@ def test_production_serves_reverb_on_port_8765():
 
 
 def test_local_serves_the_bundled_model_on_cpu():
-    (app,) = _apps(REPO_ROOT / "configs" / "local.yaml")
-    args = AppConfig.model_validate(app["args"])
-    assert args.device == "cpu"
-    assert args.model == "models/demo"
-    assert args.served_model_name == "demo"
+    apps = {a["name"]: a for a in _apps(REPO_ROOT / "configs" / "local.yaml")}
+    args = AppConfig.model_validate(apps["reverb"]["args"])
+    assert (args.device, args.model, args.served_model_name) == ("cpu", "models/demo", "demo")
+    live = AppConfig.model_validate(apps["reverb-live"]["args"])
+    assert (live.device, live.model) == ("cpu", "models/demo-live")
+    (realtime,) = _apps(REPO_ROOT / "configs" / "local.yaml", REALTIME)
+    assert RealtimeConfig.model_validate(realtime["args"]).transcription_app == "reverb-live"
+    cpus = sum(
+        d["ray_actor_options"]["num_cpus"]
+        for a in _load(REPO_ROOT / "configs" / "local.yaml")["applications"]
+        for d in a["deployments"]
+    )
+    assert cpus <= 2, "make run must fit a 2-core machine"
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
