@@ -19,6 +19,7 @@ from scripts import make_test_model
 from serve_app.engine.features import SAMPLE_RATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FILE_API_APP = "reverb"
 
 
 def speech(seconds: float, seed: int) -> np.ndarray:
@@ -111,13 +112,21 @@ def local_ray(num_cpus: int = 8) -> Iterator[str]:
 
 
 def app_config(
-    path: Path, port: int, budget_s: float | None = None, **overrides: Any
+    path: Path,
+    port: int,
+    budget_s: float | None = None,
+    apps: tuple[str, ...] | None = (FILE_API_APP,),
+    **overrides: Any,
 ) -> dict[str, Any]:
     """The Serve config at ``path`` on a free loopback port, the model path absolute,
-    with ``overrides`` applied to the app's args."""
+    with ``overrides`` applied to the apps' args. Only the ``apps`` named are kept
+    (None: all): the file API's benchmarks measure that app alone, without the live
+    apps and their models sharing the cores."""
     config = yaml.safe_load(path.read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     config["proxy_location"] = "HeadOnly"
+    if apps is not None:
+        config["applications"] = [a for a in config["applications"] if a["name"] in apps]
     for app in config["applications"]:
         args = app.setdefault("args", {})
         model = Path(args.get("model", ""))

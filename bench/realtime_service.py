@@ -62,7 +62,7 @@ class SessionLog:
 def service_config(args: argparse.Namespace, port: int, sessions: int) -> dict[str, Any]:
     """configs/local.yaml (what ``make run`` serves) on ``port``: partials from
     ``--model``, finals from ``--final-model`` (default: local.yaml's), on ``--device``."""
-    config = app_config(REPO_ROOT / "configs" / "local.yaml", port, device=args.device)
+    config = app_config(REPO_ROOT / "configs" / "local.yaml", port, apps=None, device=args.device)
     gpus = 0.5 if args.device == "cuda" else 0  # both models on the one GPU
     for app in config["applications"]:
         live = app["import_path"].endswith("build_realtime_app")
