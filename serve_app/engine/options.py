@@ -94,6 +94,7 @@ class DecodeOptions(BaseModel):
         "N-frame chunks (40 ms each) with all earlier context, as a live stream would, "
         "like Rev's CLI option of that name; only dynamic-chunk-trained models (Reverb) "
         "decode well this way.",
+        json_schema_extra={"not": {"const": 0}},  # the validator below, for API clients
     )
 
     @field_validator("decoding_chunk_size")
