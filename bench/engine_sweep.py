@@ -62,6 +62,10 @@ def pack_in_order(lengths: list[int], max_padded: int, forward_cost: int) -> lis
     return [lengths[c.start : c.stop] for c in pack_cuts(lengths, max_padded, forward_cost)]
 
 
+PACKING_JOB = ChunkJob(np.zeros(0, np.float32), 0, DecodeOptions())
+"""Packing reads only a row's length and its options' decoding_chunk_size."""
+
+
 def padding_table(decoder: BatchDecoder, n_clips: int, batch_sizes: list[int], seed: int) -> dict:
     frames = mix_chunk_frames(n_clips, seed)
     out = {"clips": n_clips, "chunks": len(frames), "rows": []}
@@ -69,7 +73,7 @@ def padding_table(decoder: BatchDecoder, n_clips: int, batch_sizes: list[int], s
         real = padded_sorted = padded_arrival = padded_one = fw_sorted = fw_arrival = 0
         for start in range(0, len(frames), bs):
             batch = frames[start : start + bs]
-            rows = [_Row(i, None, torch.empty((f, 0))) for i, f in enumerate(batch)]
+            rows = [_Row(i, PACKING_JOB, torch.empty((f, 0))) for i, f in enumerate(batch)]
             subs = decoder.pack(rows)
             real += sum(batch)
             padded_sorted += sum(len(s) * max(r.feats.shape[0] for r in s) for s in subs)
