@@ -283,7 +283,8 @@ function initLive() {
     $("live-start").disabled = true;
     $("live-state").textContent = "Connecting…";
     try {
-      await live.start({ ...options(), verbatimicity: Number(options().verbatimicity) });
+      const chosen = options();
+      await live.start({ ...chosen, verbatimicity: Number(chosen.verbatimicity) });
       $("live-stop").disabled = false;
       $("live-state").textContent = "Listening";
       $("live-stop").focus();

@@ -2,6 +2,7 @@
 // Realtime transcription protocol (PCM16 at 24 kHz from an AudioWorklet), with the
 // server's VAD ending turns. Events go to the page as they come.
 import { apiBase, settings } from "./api.js";
+import { openMicrophone, peak } from "./recorder.js";
 
 const RATE = 24000;
 const STOP_WAIT_MS = 15000;
@@ -29,12 +30,6 @@ function pcm16Base64(floats) {
   return btoa(binary);
 }
 
-function peak(floats) {
-  let top = 0;
-  for (const s of floats) top = Math.max(top, Math.abs(s));
-  return Math.min(1, top);
-}
-
 export class LiveCaptions {
   /** onEvent(event) for every server event; onLevel(0..1); onClosed(message|null). */
   constructor({ onEvent, onLevel, onClosed }) {
@@ -59,7 +54,7 @@ export class LiveCaptions {
     this.openItems = new Set();
     this.socket = await this.connect();
     try {
-      await this.openMicrophone();
+      await this.startCapture();
     } catch (err) {
       this.socket.close();
       this.socket = null;
@@ -125,14 +120,8 @@ export class LiveCaptions {
     });
   }
 
-  async openMicrophone() {
-    try {
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
-      });
-    } catch (err) {
-      throw new Error(`The microphone is not available: ${err.message || err.name}.`);
-    }
+  async startCapture() {
+    this.stream = await openMicrophone();
     this.audio = new AudioContext({ sampleRate: RATE });
     await this.audio.audioWorklet.addModule(new URL("./pcm-worklet.js", import.meta.url));
     this.source = this.audio.createMediaStreamSource(this.stream);

@@ -3,6 +3,25 @@
 
 const MIME_TYPES = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/webm", "audio/mp4"];
 
+/** The microphone's raw signal: echo cancellation, noise suppression and gain control
+ * are tuned for calls, and their pumping at the start of a take costs ASR words. */
+export async function openMicrophone() {
+  try {
+    return await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+  } catch (err) {
+    throw new Error(`The microphone is not available: ${err.message || err.name}.`);
+  }
+}
+
+/** The largest absolute sample, 0..1: what the level meters show. */
+export function peak(samples) {
+  let top = 0;
+  for (const s of samples) top = Math.max(top, Math.abs(s));
+  return Math.min(1, top);
+}
+
 export class Recorder {
   constructor({ onLevel, onTick }) {
     this.onLevel = onLevel;
@@ -19,15 +38,7 @@ export class Recorder {
     if (!navigator.mediaDevices?.getUserMedia || !window.MediaRecorder) {
       throw new Error("This browser cannot record audio here (it needs https or localhost).");
     }
-    try {
-      // The raw signal: echo cancellation, noise suppression and gain control are
-      // tuned for calls, and their pumping at the start of a take costs ASR words.
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
-      });
-    } catch (err) {
-      throw new Error(`The microphone is not available: ${err.message || err.name}.`);
-    }
+    this.stream = await openMicrophone();
     this.chunks = [];
     this.recorder = new MediaRecorder(this.stream, this.mimeType ? { mimeType: this.mimeType } : {});
     this.recorder.ondataavailable = (e) => e.data.size && this.chunks.push(e.data);
@@ -45,9 +56,7 @@ export class Recorder {
     const tick = () => {
       if (!this.recorder || this.recorder.state !== "recording") return;
       analyser.getFloatTimeDomainData(samples);
-      let peak = 0;
-      for (const s of samples) peak = Math.max(peak, Math.abs(s));
-      this.onLevel(Math.min(1, peak));
+      this.onLevel(peak(samples));
       this.onTick((performance.now() - this.started) / 1000);
       requestAnimationFrame(tick);
     };
