@@ -184,7 +184,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kind", default="continuous", help="which clips of --data")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
-    parser.add_argument("--chunk", type=int, default=16, choices=(8, 16))
+    parser.add_argument(
+        "--chunk", type=int, default=8, choices=(8, 16), help="encoder frames per step"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per stream")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 48, 64])
     parser.add_argument(

@@ -90,7 +90,7 @@ def session_audio(clips: list[Any]) -> tuple[np.ndarray, list[float]]:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2"), offsets
 
 
-async def run_session(url: str, log: SessionLog) -> None:
+async def run_session(url: str, log: SessionLog, chunk: int) -> None:
     from websockets.asyncio.client import connect
 
     async with connect(url + "?intent=transcription", open_timeout=60, max_size=None) as ws:
@@ -101,6 +101,7 @@ async def run_session(url: str, log: SessionLog) -> None:
                 "audio": {
                     "input": {
                         "format": {"type": "audio/pcm", "rate": SAMPLE_RATE},
+                        "transcription": {"chunk_size": chunk},
                         "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
                     }
                 },
@@ -229,7 +230,7 @@ def run_service(args: argparse.Namespace, clips: list[Any]) -> dict[str, Any]:
             logs = [SessionLog(*session_audio(c)) for c in per_session]
 
             async def all_sessions(logs: list[SessionLog] = logs) -> None:
-                await asyncio.gather(*(run_session(ws_url, log) for log in logs))
+                await asyncio.gather(*(run_session(ws_url, log, args.chunk) for log in logs))
 
             asyncio.run(all_sessions())
             row = {"sessions": n, **score(logs, per_session, base_url)}

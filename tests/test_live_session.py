@@ -9,7 +9,7 @@ import base64
 import numpy as np
 import pytest
 
-from serve_app.live.decoder import LiveStepper, LiveStream, StepOutput
+from serve_app.live.decoder import LiveStepper, LiveStream, StepOutput, trailing_quiet_frames
 from serve_app.live.endpointing import SpeechStarted, SpeechStopped
 from serve_app.live.session import IDLE_KEEP_S, LiveSession
 
@@ -43,6 +43,24 @@ class Finals:
         return f"final {len(self.audio)}"
 
 
+SERVER_VAD_UPDATE = {
+    "type": "session.update",
+    "session": {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 16000},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "prefix_padding_ms": 200,
+                    "silence_duration_ms": 400,
+                },
+            }
+        },
+    },
+}
+
+
 def make_session(tiny_model, finals, detok=detokenize) -> LiveSession:
     def stream(settings):
         rules = settings.endpoint_rules
@@ -60,24 +78,7 @@ def test_endpointed_turns_give_started_deltas_stopped_committed_and_one_final_ea
     async def run():
         finals = Finals()
         session = make_session(tiny_model, finals)
-        session.handle(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "transcription",
-                    "audio": {
-                        "input": {
-                            "format": {"type": "audio/pcm", "rate": 16000},
-                            "turn_detection": {
-                                "type": "server_vad",
-                                "prefix_padding_ms": 200,
-                                "silence_duration_ms": 400,
-                            },
-                        }
-                    },
-                },
-            }
-        )
+        session.handle(SERVER_VAD_UPDATE)
         session.handle(append_event(np.full(16000 * 6, 0.01, np.float32)))  # 6 s
         session.on_step(StepOutput((), [SpeechStarted(25)]))  # speech from 1.0 s
         session.on_step(StepOutput((1,)))
@@ -116,6 +117,40 @@ def test_endpointed_turns_give_started_deltas_stopped_committed_and_one_final_ea
     # Each final got exactly its turn's audio: 0.8-3.0 s and 3.8-5.0 s.
     assert [a.size for a in finals.audio] == [int(2.2 * 16000), int(1.2 * 16000)]
     assert completed[0]["usage"] == {"type": "duration", "seconds": 2.2}
+
+
+def test_a_word_followed_by_blank_frames_is_sent_before_the_next_word(tiny_model):
+    """A partial's last word goes out once WORD_SETTLE_MS (160 ms: 4 frames) of blanks
+    follow its spike, counted across steps; fewer, and it waits."""
+
+    async def run():
+        session = make_session(tiny_model, Finals())
+        session.handle(SERVER_VAD_UPDATE)
+        session.handle(append_event(np.full(16000 * 4, 0.01, np.float32)))
+        chunk = {"frames": 16}
+        session.on_step(StepOutput((), [SpeechStarted(20)], trailing_quiet=16, **chunk))
+        session.on_step(StepOutput((1,), trailing_quiet=3, **chunk))  # 120 ms: held
+        held = drain(session)
+        session.on_step(StepOutput((1,), trailing_quiet=16, **chunk))  # 19 frames quiet
+        session.on_step(StepOutput((1, 2), trailing_quiet=4, **chunk))  # exactly 160 ms
+        session.on_step(StepOutput((1, 2, 3), trailing_quiet=0, **chunk))  # still heard
+        return held, drain(session)
+
+    held, later = asyncio.run(run())
+    deltas = [e["delta"] for e in held + later if e["type"].endswith("transcription.delta")]
+    assert not [e for e in held if e["type"].endswith("transcription.delta")]
+    assert deltas == ["call", " the"]
+
+
+def test_trailing_quiet_frames_counts_blanks_after_the_last_spike():
+    blank = np.array(
+        [
+            [0.9, 0.1, 0.9, 0.9, 0.9],  # spike at frame 1: 3 quiet frames after it
+            [0.9, 0.9, 0.9, 0.9, 0.9],  # no spike: the whole chunk is quiet
+            [0.9, 0.9, 0.9, 0.9, 0.2],  # spike on the last frame
+        ]
+    )
+    assert trailing_quiet_frames(blank).tolist() == [3, 5, 0]
 
 
 def commit_only_session(tiny_model, finals) -> LiveSession:

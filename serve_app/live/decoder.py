@@ -27,6 +27,7 @@ from serve_app.engine.streaming import BatchedChunkEncoder, EncoderStream, chunk
 from serve_app.live.endpointing import Endpointer, EndpointRules, Event
 
 DEFAULT_CHUNK = 16  # encoder frames (640 ms), as Reverb's streaming decode is run
+SPIKE_THRESHOLD = 0.5  # a frame below this blank probability is where CTC emits a token
 
 
 @dataclass
@@ -39,6 +40,12 @@ class StepOutput:
     """Speech starts and stops found in this step's frames."""
     segment: int = 0
     """The stream's segment the step ran in: a result for an earlier one is stale."""
+    trailing_quiet: int = 0
+    """Frames at the end of this step's chunk after its last spike (the chunk's length
+    when nothing was spoken in it): how long the hypothesis's last word has been
+    followed by blanks, so a caller can tell a finished word from one still heard."""
+    frames: int = 0
+    """The chunk's encoder frames."""
 
 
 @dataclass
@@ -133,6 +140,7 @@ class LiveStepper:
         encoded = self.encoder.step(taken.encoders, taken.windows.to(device))
         log_probs = self.model.model.ctc.log_softmax(encoded)  # (B, chunk, vocab)
         blank = log_probs[..., self.model.blank_id].exp().cpu().numpy()
+        quiet = trailing_quiet_frames(blank)
         beams = PrefixBeams.stack(taken.beams)
         beams.advance(log_probs, blank_id=self.model.blank_id)
         outputs = []
@@ -140,5 +148,16 @@ class LiveStepper:
             beams.take_frames(row, taken.beams[row])
             events = stream.endpointer.feed(blank[row]) if stream.endpointer else []
             best = taken.beams[row].nbest()[0].best
-            outputs.append(StepOutput(best, events, taken.segments[row]))
+            outputs.append(
+                StepOutput(best, events, taken.segments[row], int(quiet[row]), blank.shape[1])
+            )
         return outputs
+
+
+def trailing_quiet_frames(blank: np.ndarray, threshold: float = SPIKE_THRESHOLD) -> np.ndarray:
+    """Per row of (rows, frames) blank probabilities: the frames after the last spike
+    (a frame whose blank probability is under ``threshold``), or all frames if none."""
+    spike = blank < threshold
+    frames = spike.shape[1]
+    last_from_end = spike[:, ::-1].argmax(axis=1)
+    return np.where(spike.any(axis=1), last_from_end, frames)

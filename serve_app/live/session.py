@@ -8,9 +8,12 @@ events: ``speech_started`` / ``speech_stopped`` from the endpointer, append-only
 ``completed`` (or ``failed``). Item ids chain through ``previous_item_id``; every item
 gets exactly one ``completed`` or ``failed``.
 
-A word is sent as a delta once another word follows it in the best hypothesis (the
-last word of a partial is still being heard), and the rest of the partial when the
-turn ends, so a turn's deltas join into its whole partial transcript. The final may
+A word is sent as a delta once another word follows it in the best hypothesis, or once
+``WORD_SETTLE_MS`` of blank frames follow its spike (the last word of a partial may
+still be being heard: a word's pieces spike on neighbouring frames), and the rest of
+the partial when the turn ends, so a turn's deltas join into its whole partial
+transcript. Waiting for the next word instead held a turn's first delta until the
+second word's chunk (p95 1.1-1.2 s after the onset, bench/RESULTS.md section 8). The final may
 still revise the text (full context, rescoring); deltas never do.
 """
 
@@ -40,6 +43,7 @@ SAMPLE_RATE = 16_000
 MAX_BUFFER_S = 300  # uncommitted audio a session holds at most (19 MB at 16 kHz float32)
 MAX_BUFFER_SAMPLES = MAX_BUFFER_S * SAMPLE_RATE
 IDLE_KEEP_S = 20  # between turns with VAD on: older audio cannot start a turn any more
+WORD_SETTLE_MS = 160  # blank after the last spike that makes a partial's last word final
 
 FinalTranscriber = Callable[[np.ndarray, DecodeOptions], Awaitable[str]]
 """The batch path: a turn's 16 kHz audio and options -> its transcript text."""
@@ -110,6 +114,7 @@ class LiveSession:
         self._received = 0  # 16 kHz samples received in all
         self._segment_start_frame = 0
         self._partial: tuple[int, ...] = ()  # the segment's best hypothesis so far
+        self._quiet_frames = 0  # blank frames since the segment's last spike
         self.item: Item | None = None
 
     def described(self) -> dict[str, Any]:
@@ -243,6 +248,8 @@ class LiveSession:
     def on_step(self, out: StepOutput) -> None:
         """What one batched chunk step found for this session's stream."""
         self._partial = out.tokens
+        spoke = out.trailing_quiet < out.frames
+        self._quiet_frames = out.trailing_quiet if spoke else self._quiet_frames + out.frames
         segment = self.stream.segment
         for event in out.events:
             if isinstance(event, SpeechStarted):
@@ -250,7 +257,9 @@ class LiveSession:
             elif isinstance(event, SpeechStopped):
                 self._speech_stopped(event.frame)
         if self.item is not None and self.stream.segment == segment:
-            self._send_words(self._words(out.tokens, self.item)[:-1])
+            words = self._words(out.tokens, self.item)
+            settled = self._quiet_frames * FRAME_MS >= WORD_SETTLE_MS
+            self._send_words(words if settled else words[:-1])
         if self.stream.encoder.offset >= self._max_segment_frames:
             self._next_segment()  # without VAD: the encoder still needs a reset
 
@@ -279,6 +288,7 @@ class LiveSession:
         if self.item is not None:
             self.item.earlier_words = self._words(self._partial, self.item)
         self._partial = ()
+        self._quiet_frames = 0
         self._segment_start_frame += self.stream.encoder.offset
         self.stream.new_segment()
 
