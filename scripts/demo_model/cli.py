@@ -93,9 +93,23 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onset-delay-ms",
         type=float,
-        default=120.0,
+        default=160.0,
         help="onset labels this long after each word's start (40 ms frames); the "
         "calibration then moves word times back",
+    )
+    parser.add_argument(
+        "--verbatim-share",
+        type=float,
+        default=0.6,
+        help="share of utterances trained verbatim (fillers kept, cat_emb [1, 0]); the "
+        "rest are trained non-verbatim",
+    )
+    parser.add_argument(
+        "--digital-silence-share",
+        type=float,
+        default=0.15,
+        help="share of utterances with exact zeros (0.1-1.5 s) before and/or after them, "
+        "as a muted microphone or a padded file gives",
     )
     parser.add_argument(
         "--chunk-from-step",

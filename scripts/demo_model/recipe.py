@@ -106,6 +106,8 @@ def training_stream(
         long_from_pool=0 if args.init_from else args.long_from_pool,
         continuous_share=args.continuous_share,
         onset_delay_frames=round(args.onset_delay_ms / 40),
+        verbatim_share=args.verbatim_share,
+        digital_silence_share=args.digital_silence_share,
     )
 
 
