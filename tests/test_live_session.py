@@ -37,9 +37,11 @@ class Finals:
 
     def __init__(self) -> None:
         self.audio: list[np.ndarray] = []
+        self.options: list = []
 
     async def __call__(self, audio, options):
         self.audio.append(audio)
+        self.options.append(options)
         return f"final {len(self.audio)}"
 
 
@@ -153,6 +155,110 @@ def test_trailing_quiet_frames_counts_blanks_after_the_last_spike():
     assert trailing_quiet_frames(blank).tolist() == [3, 5, 0]
 
 
+def test_a_client_commit_leaves_nothing_of_its_turn_in_the_stream(tiny_model):
+    """Audio sent faster than it is decoded and then committed: its frames waiting for a
+    step, and the endpointer's state, go with the turn; the next turn's times count on
+    from the commit."""
+
+    async def run():
+        finals = Finals()
+        session = make_session(tiny_model, finals)
+        session.handle(SERVER_VAD_UPDATE)
+        session.handle(append_event(np.full(16000 * 10, 0.01, np.float32)))  # 10 s at once
+        before = session.stream
+        assert before.backlog_s > 9
+        session.on_step(StepOutput((1, 2), [SpeechStarted(5)], trailing_quiet=16, frames=16))
+        session.handle({"type": "input_audio_buffer.commit"})
+        after = session.stream
+        session.handle(append_event(np.full(16000 * 2, 0.01, np.float32)))
+        session.on_step(StepOutput((3,), [SpeechStarted(10)], trailing_quiet=16, frames=16))
+        await session.drain()
+        return before, after, finals, drain(session)
+
+    before, after, finals, events = asyncio.run(run())
+    assert after is not before and after.segment == 0 and after.encoder.offset == 0
+    assert after.backlog_s <= 2.0  # only what came after the commit
+    assert [a.size for a in finals.audio] == [10 * 16000]  # the whole turn, from 0 s
+    started = [e for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    assert [e["audio_start_ms"] for e in started] == [0, 10_000 + 400 - 200]  # 200 ms padding
+    first, second = (e["item_id"] for e in started)
+    deltas = {e["item_id"]: e["delta"] for e in events if e["type"].endswith("transcription.delta")}
+    assert deltas == {first: "call the", second: "team"}
+
+
+def test_deltas_go_on_after_a_revision_of_a_word_already_sent(tiny_model):
+    """Deltas cannot take a word back; the words after a revised one still go out (they
+    stopped for the rest of the turn before)."""
+
+    async def run():
+        session = make_session(tiny_model, Finals())
+        session.handle(SERVER_VAD_UPDATE)
+        session.handle(append_event(np.full(16000 * 4, 0.01, np.float32)))
+        session.on_step(StepOutput((), [SpeechStarted(5)]))
+        session.on_step(StepOutput((1, 2)))  # "call" sent
+        session.on_step(StepOutput((3, 2, 4)))  # "call" revised to "team"
+        session.on_step(StepOutput((3, 2, 4, 5), [SpeechStopped(80)]))
+        await session.drain()
+        return drain(session)
+
+    events = asyncio.run(run())
+    deltas = [e["delta"] for e in events if e["type"].endswith("transcription.delta")]
+    assert deltas == ["call", " the", " at nine"]
+
+
+@pytest.mark.parametrize(
+    ("event", "code"),
+    [
+        ({"type": "input_audio_buffer.clear"}, "input_audio_buffer_cleared"),
+        (SERVER_VAD_UPDATE, "session_updated"),
+    ],
+)
+def test_a_turn_dropped_before_its_commit_still_ends_with_failed(tiny_model, event, code):
+    """speech_started gave the client an item id; a clear or update drops the turn's
+    audio, so the item ends with one failed event instead of never."""
+
+    async def run():
+        finals = Finals()
+        session = make_session(tiny_model, finals)
+        session.handle(SERVER_VAD_UPDATE)
+        session.handle(append_event(np.full(16000 * 2, 0.01, np.float32)))
+        session.on_step(StepOutput((1,), [SpeechStarted(5)]))
+        session.handle(event)
+        await session.drain()
+        return finals, drain(session)
+
+    finals, events = asyncio.run(run())
+    (started,) = [e for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    ended = [
+        e
+        for e in events
+        if e["type"].startswith("conversation.item.input_audio_transcription.")
+        and not e["type"].endswith("delta")
+    ]
+    assert [(e["type"].rsplit(".", 1)[1], e["item_id"]) for e in ended] == [
+        ("failed", started["item_id"])
+    ]
+    assert ended[0]["error"]["code"] == code
+    assert not finals.audio
+
+
+def test_a_final_keeps_the_options_of_its_turn(tiny_model):
+    """An update right after a commit changes later turns, not the committed one."""
+
+    async def run():
+        finals = Finals()
+        session = commit_only_session(tiny_model, finals)
+        session.handle(append_event(np.full(16000, 0.01, np.float32)))
+        session.handle({"type": "input_audio_buffer.commit"})
+        update = {"turn_detection": None, "input_audio_transcription": {"verbatimicity": 0.0}}
+        session.handle({"type": "transcription_session.update", "session": update})
+        await session.drain()
+        return finals
+
+    finals = asyncio.run(run())
+    assert [o.verbatimicity for o in finals.options] == [1.0]
+
+
 def commit_only_session(tiny_model, finals) -> LiveSession:
     """A session on the real tiny model with turn detection off."""
     session = make_session(
@@ -213,8 +319,9 @@ def test_bad_events_are_errors_and_the_session_goes_on(tiny_model):
 
 
 def test_a_session_holds_bounded_audio_however_fast_it_is_sent(tiny_model):
-    """Uncommitted audio is capped (an error, the session goes on, a commit frees it),
-    and between turns with VAD on old silence is dropped."""
+    """Uncommitted audio is capped (an error, the session goes on, a commit frees it);
+    with VAD on, old silence between turns is dropped once decoded, and audio may run
+    at most MAX_BACKLOG_S ahead of the decoder (the VAD has not judged it yet)."""
     rate16k = {"type": "audio/pcm", "rate": 16000}
 
     def session_with(turn_detection) -> LiveSession:
@@ -233,17 +340,26 @@ def test_a_session_holds_bounded_audio_however_fast_it_is_sent(tiny_model):
         commit_only.handle({"type": "input_audio_buffer.commit"})
         commit_only.handle(minute)
         await commit_only.drain()
-        vad = session_with({"type": "server_vad"})
-        for _ in range(3):
-            vad.handle(minute)  # silence: no step finds speech, no turn starts
-        return held, drain(commit_only), vad._received - vad._buffer_start
+        # threshold 1: no frame is ever speech, so no turn starts
+        vad = session_with({"type": "server_vad", "threshold": 1.0})
+        stepper = LiveStepper(tiny_model)
+        for _ in range(12):  # three minutes, decoded as they come
+            vad.handle(append_event(np.zeros(15 * 16000, np.float32)))
+            stream_in(vad, stepper, np.zeros(0, np.float32), 1)
+        idle_held = vad._received - vad._buffer_start
+        drain(vad)
+        vad.handle(minute)  # a minute at once: further ahead than the VAD may lag
+        return held, drain(commit_only), idle_held, drain(vad)
 
-    held, events, idle_held = asyncio.run(run())
+    held, events, idle_held, ahead = asyncio.run(run())
     assert held == 300 * 16000
     (error,) = [e for e in events if e["type"] == "error"]
     assert error["error"]["code"] == "input_audio_buffer_full"
     assert [e["type"] for e in events].count("input_audio_buffer.committed") == 1
-    assert idle_held == (IDLE_KEEP_S + 60) * 16000  # trimmed, then one more minute
+    assert IDLE_KEEP_S * 16000 <= idle_held <= (IDLE_KEEP_S + 10) * 16000
+    (error,) = [e for e in ahead if e["type"] == "error"]
+    assert error["error"]["code"] == "input_audio_buffer_full"
+    assert "faster than it is decoded" in error["error"]["message"]
 
 
 @pytest.mark.slow

@@ -94,6 +94,11 @@ class LiveStream:
         if frames.numel():
             self.pending = torch.cat([self.pending, frames])
 
+    @property
+    def backlog_s(self) -> float:
+        """Seconds of pushed audio no step has taken yet (fbank frames are 10 ms)."""
+        return self.pending.size(0) / 100
+
     def has_chunk(self, window: int) -> bool:
         return self.pending.size(0) >= window
 

@@ -43,6 +43,7 @@ SAMPLE_RATE = 16_000
 MAX_BUFFER_S = 300  # uncommitted audio a session holds at most (19 MB at 16 kHz float32)
 MAX_BUFFER_SAMPLES = MAX_BUFFER_S * SAMPLE_RATE
 IDLE_KEEP_S = 20  # between turns with VAD on: older audio cannot start a turn any more
+MAX_BACKLOG_S = IDLE_KEEP_S  # with VAD on, how far audio may run ahead of the decoder
 WORD_SETTLE_MS = 160  # blank after the last spike that makes a partial's last word final
 
 FinalTranscriber = Callable[[np.ndarray, DecodeOptions], Awaitable[str]]
@@ -112,7 +113,7 @@ class LiveSession:
         self._audio: list[np.ndarray] = []
         self._buffer_start = 0  # sample index of _audio[0]
         self._received = 0  # 16 kHz samples received in all
-        self._segment_start_frame = 0
+        self._stream_origin_ms = 0  # where the stream's frame 0 is in the buffer's time
         self._partial: tuple[int, ...] = ()  # the segment's best hypothesis so far
         self._quiet_frames = 0  # blank frames since the segment's last spike
         self.item: Item | None = None
@@ -136,6 +137,7 @@ class LiveSession:
             kind = event["type"]
             if kind in ("session.update", "transcription_session.update"):
                 self.settings = self.settings.updated_by(event)
+                self.abandon_turn("The session was updated during the turn.", "session_updated")
                 self._restart()
                 updated = kind.replace(".update", ".updated")
                 self._emit(server_event(updated, session=self.described()))
@@ -144,6 +146,9 @@ class LiveSession:
             elif kind == "input_audio_buffer.commit":
                 self._commit(client=True)
             elif kind == "input_audio_buffer.clear":
+                self.abandon_turn(
+                    "The input audio buffer was cleared.", "input_audio_buffer_cleared"
+                )
                 self._restart()
                 self._emit(server_event("input_audio_buffer.cleared"))
         except ProtocolError as exc:
@@ -158,7 +163,17 @@ class LiveSession:
                 "server's VAD keeps up).",
                 code="input_audio_buffer_full",
             )
-        if self.item is None and self.settings.turn_detection is not None:
+        vad = self.settings.turn_detection is not None
+        if vad and self.stream.backlog_s + audio.size / SAMPLE_RATE > MAX_BACKLOG_S:
+            # The server VAD judges audio only once decoded; ahead of it, audio would be
+            # forgotten unjudged (and held without bound).
+            raise ProtocolError(
+                f"Audio is arriving faster than it is decoded: the server VAD runs at most "
+                f"{MAX_BACKLOG_S} s behind what was sent. Send at real time, or turn "
+                "turn_detection off and commit.",
+                code="input_audio_buffer_full",
+            )
+        if self.item is None and vad:
             self._forget_silence()
         self._audio.append(audio)
         self._received += audio.size
@@ -188,8 +203,8 @@ class LiveSession:
         self._previous_item = item.id
         self.item = None
         if client:
-            self._next_segment()
-        task = asyncio.get_running_loop().create_task(self._final(item.id, audio))
+            self._fresh_stream()
+        task = asyncio.get_running_loop().create_task(self._final(item.id, audio, self.options))
         self._pending_finals.add(task)
         task.add_done_callback(self._pending_finals.discard)
 
@@ -209,9 +224,9 @@ class LiveSession:
         self._buffer_start = max(end, self._buffer_start)
         return taken
 
-    async def _final(self, item_id: str, audio: np.ndarray) -> None:
+    async def _final(self, item_id: str, audio: np.ndarray, options: DecodeOptions) -> None:
         try:
-            text = await self._finals(audio, self.options)
+            text = await self._finals(audio, options)
         except Exception as exc:  # the batch path's typed errors carry their message
             failed = {"type": "transcription_failed", "code": getattr(exc, "code", None)}
             self._emit(
@@ -240,11 +255,6 @@ class LiveSession:
 
     # ------------------------------------------------------------------ step results
 
-    @property
-    def stream_frames(self) -> int:
-        """Encoder frames since the session (re)started, across segments."""
-        return self._segment_start_frame + self.stream.encoder.offset
-
     def on_step(self, out: StepOutput) -> None:
         """What one batched chunk step found for this session's stream."""
         self._partial = out.tokens
@@ -263,9 +273,28 @@ class LiveSession:
         if self.stream.encoder.offset >= self._max_segment_frames:
             self._next_segment()  # without VAD: the encoder still needs a reset
 
+    def step_failed(self) -> None:
+        """A step (or this session's part of it) raised: tell the client, and start the
+        partials afresh from the next chunk; the turn and its final go on."""
+        self._emit(
+            server_event(
+                "error",
+                error={
+                    "type": "server_error",
+                    "code": "step_failed",
+                    "message": "Live decoding of a chunk failed; partials go on from the "
+                    "next chunk, and finals are not affected.",
+                },
+            )
+        )
+        self._next_segment()
+
     def _speech_started(self, frame: int) -> None:
         pad = self.settings.turn_detection.prefix_padding_ms if self.settings.turn_detection else 0
-        start_ms = max(frame * FRAME_MS - pad, self._buffer_start * 1000 // SAMPLE_RATE)
+        start_ms = max(
+            self._stream_origin_ms + frame * FRAME_MS - pad,
+            self._buffer_start * 1000 // SAMPLE_RATE,
+        )
         self.item = Item(new_id("item"), start_ms * SAMPLE_RATE // 1000)
         self._emit(
             server_event(
@@ -276,7 +305,7 @@ class LiveSession:
     def _speech_stopped(self, frame: int) -> None:
         if self.item is None:
             return
-        end_ms = frame * FRAME_MS
+        end_ms = self._stream_origin_ms + frame * FRAME_MS
         stopped = server_event(
             "input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=self.item.id
         )
@@ -289,22 +318,47 @@ class LiveSession:
             self.item.earlier_words = self._words(self._partial, self.item)
         self._partial = ()
         self._quiet_frames = 0
-        self._segment_start_frame += self.stream.encoder.offset
         self.stream.new_segment()
+
+    def _fresh_stream(self) -> None:
+        """A new stream from the buffer's end (after a client's commit): the committed
+        audio's frames still waiting for a step, and the endpointer's state, belong to
+        the committed turn and must not leak into the next one."""
+        self._partial = ()
+        self._quiet_frames = 0
+        self.stream = self._stream_factory(self.settings)
+        self._stream_origin_ms = self._received * 1000 // SAMPLE_RATE
+
+    def abandon_turn(self, message: str, code: str) -> None:
+        """A turn announced to the client (speech_started or deltas) that will not be
+        committed gets its one ``failed`` event, so every item id ends."""
+        if self.item is None:
+            return
+        self._emit(
+            server_event(
+                "conversation.item.input_audio_transcription.failed",
+                item_id=self.item.id,
+                content_index=0,
+                error={"type": "transcription_failed", "code": code, "message": message},
+            )
+        )
+        self.item = None
 
     def _words(self, tokens: tuple[int, ...], item: Item) -> list[str]:
         return item.earlier_words + self._detokenize(tokens).split()
 
     def _send_words(self, words: list[str]) -> None:
-        """A delta with the words past those already sent, unless the hypothesis
-        revised what was sent (the final will settle it)."""
+        """A delta with the words past as many as were sent. Deltas are append-only, so
+        a revision of a word already sent stays in the partial text (the final settles
+        it), but the words after it still go out: stopping there lost the rest of the
+        turn's partial."""
         item = self.item
         assert item is not None
         sent = item.sent_words
-        if len(words) <= len(sent) or words[: len(sent)] != sent:
+        if len(words) <= len(sent):
             return
         delta = (" " if sent else "") + " ".join(words[len(sent) :])
-        item.sent_words = words
+        item.sent_words = sent + words[len(sent) :]
         self._emit(
             server_event(
                 "conversation.item.input_audio_transcription.delta",

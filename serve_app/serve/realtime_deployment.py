@@ -34,7 +34,6 @@ from serve_app.live.protocol import (
     SessionSettings,
     error_event,
     parse_client_event,
-    server_event,
 )
 from serve_app.live.session import LiveSession
 from serve_app.serve.realtime_config import RealtimeConfig
@@ -43,6 +42,13 @@ from serve_app.serve.transcriber_deployment import load_configured_model
 log = logging.getLogger("ray.serve")
 
 STEP_IDLE_S = 0.005
+MAX_UNSENT_EVENTS = 1000  # a client that sends but never reads is closed past this
+
+
+class SlowReader(Exception):
+    """The client let more than MAX_UNSENT_EVENTS pile up unread."""
+
+
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 """Browsers cannot set headers on a WebSocket; OpenAI's clients then send the key as a
 subprotocol ``openai-insecure-api-key.<key>`` (the name says what it costs)."""
@@ -119,6 +125,7 @@ class Realtime:
             async with asyncio.timeout(self.config.max_session_s):
                 await self._receive_events(websocket, session)
         except TimeoutError:
+            session.abandon_turn("The session reached its time limit.", "session_expired")
             session.outbox.put_nowait(
                 error_event(
                     ProtocolError(
@@ -128,7 +135,7 @@ class Realtime:
                     )
                 )
             )
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, SlowReader):
             pass
         finally:
             self.sessions.discard(session)
@@ -146,6 +153,9 @@ class Realtime:
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             text = message.get("text") if message.get("text") is not None else message.get("bytes")
+            if session.outbox.qsize() > MAX_UNSENT_EVENTS:
+                log.warning("closing live session %s: its client reads no events", session.id)
+                raise SlowReader
             try:
                 event = parse_client_event(text or "")
             except ProtocolError as exc:
@@ -230,27 +240,23 @@ class Realtime:
                     continue
                 stepped = True
                 streams = [s.stream for s in ready]
-                taken = stepper.take(streams)  # on the loop: appends cannot interleave
                 try:
+                    taken = stepper.take(streams)  # on the loop: appends cannot interleave
                     outputs = await asyncio.to_thread(stepper.compute, taken)
                 except Exception:
                     log.exception("live step failed for %d sessions", len(ready))
-                    for s in ready:
-                        s.outbox.put_nowait(
-                            server_event(
-                                "error",
-                                error={
-                                    "type": "server_error",
-                                    "code": "step_failed",
-                                    "message": "Live decoding failed; partials stop, finals go on.",
-                                },
-                            )
-                        )
-                        s.stream.new_segment()
+                    for session, stream in zip(ready, streams, strict=True):
+                        if session.stream is stream:
+                            session.step_failed()
                     continue
                 for session, stream, out in zip(ready, streams, outputs, strict=True):
                     # Stale if an update, clear or commit started anew while it ran.
-                    if session.stream is stream and stream.segment == out.segment:
+                    if session.stream is not stream or stream.segment != out.segment:
+                        continue
+                    try:
                         session.on_step(out)
+                    except Exception:  # one session's fault must not stop the others' loop
+                        log.exception("live session %s: its step result failed", session.id)
+                        session.step_failed()
             if not stepped:
                 await asyncio.sleep(STEP_IDLE_S)
