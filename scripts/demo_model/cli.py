@@ -71,7 +71,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Schedule, data mix and loss weights; the defaults are models/demo-live's."""
-    parser.add_argument("--steps", type=int, default=5800, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=8000, help="optimizer steps")
     parser.add_argument(
         "--max-frames", type=int, default=5000, help="padded feature frames per batch"
     )
