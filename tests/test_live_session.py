@@ -372,9 +372,10 @@ def test_four_minutes_without_a_pause_are_segmented_not_crashed(tiny_model, synt
         session = commit_only_session(tiny_model, finals)
         audio = synth(240.0, seed=5, sample_rate=24000)
         longest = stream_in(session, LiveStepper(tiny_model), audio, 480)  # 0.5 s appends
+        segments = session.stream.segment  # the commit then starts a fresh stream
         session.handle({"type": "input_audio_buffer.commit"})
         await session.drain()
-        return finals, drain(session), longest, session.stream.segment
+        return finals, drain(session), longest, segments
 
     finals, events, longest, segments = asyncio.run(run())
     assert longest <= 500 and segments >= 11
