@@ -13,7 +13,10 @@ transcript (``completed``), which comes from the same pipeline as
     python examples/realtime_stream.py talk.mp3 --no-vad --verbatimicity 0
 
 ``--no-vad`` sets ``turn_detection: null``: the whole file is one turn that the client
-commits at the end. ``--fast`` sends without pacing (as fast as the socket takes it).
+commits at the end. ``--fast`` sends without pacing (as fast as the socket takes it);
+with the server's VAD on, the server refuses audio more than 20 s ahead of its decoder
+(an ``input_audio_buffer_full`` error each time), so use ``--fast --no-vad`` for longer
+files.
 With the API key on, pass ``--api-key`` or set ``OPENAI_API_KEY``.
 """
 
@@ -43,7 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbatimicity", type=float, default=1.0)
     parser.add_argument("--no-vad", action="store_true", help="one turn, committed at the end")
     parser.add_argument("--silence-ms", type=int, default=500, help="server VAD's pause")
-    parser.add_argument("--fast", action="store_true", help="do not pace the appends")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="do not pace the appends (with VAD on, at most 20 s ahead of the server)",
+    )
     return parser.parse_args(argv)
 
 
