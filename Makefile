@@ -68,7 +68,7 @@ full-size-model: $(STAMP)
 # Rebuilds the bundled models (installs espeak-ng with apt-get when it is missing):
 # models/demo, the full-context model of the file API (about 45 minutes on 2 cores),
 # and models/demo-live, the streaming one the realtime app's partials and finals come
-# from (about 51 minutes; it also rewrites tests/data/demo). The recipe's defaults are
+# from (about 50 minutes; it also rewrites tests/data/demo). The recipe's defaults are
 # demo-live's; see models/demo/README.md and models/demo-live/README.md for both and
 # the runs that led to them.
 DEMO_V1_FLAGS := --conv-kernel 29 --centred-conv --continuous-share 0 --chunk-from-step -1 --steps 4800
