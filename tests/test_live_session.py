@@ -259,6 +259,36 @@ def test_a_final_keeps_the_options_of_its_turn(tiny_model):
     assert [o.verbatimicity for o in finals.options] == [1.0]
 
 
+def test_a_failed_step_is_an_error_and_the_turn_goes_on_to_its_final(tiny_model):
+    """The step loop calls ``step_failed`` when a step raises: the client hears of it,
+    the partials restart on a new segment, and the turn still ends with its final."""
+
+    async def run():
+        finals = Finals()
+        session = make_session(tiny_model, finals)
+        session.handle(SERVER_VAD_UPDATE)
+        session.handle(append_event(np.full(16000 * 3, 0.01, np.float32)))
+        session.on_step(StepOutput((), [SpeechStarted(5)]))
+        session.on_step(StepOutput((1, 2)))  # "call" sent
+        before = session.stream.segment
+        session.step_failed()
+        after = session.stream.segment
+        session.on_step(StepOutput((4,), [SpeechStopped(60)], segment=after))
+        await session.drain()
+        return before, after, finals, drain(session)
+
+    before, after, finals, events = asyncio.run(run())
+    assert after == before + 1
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert error["error"]["code"] == "step_failed"
+    deltas = [e["delta"] for e in events if e["type"].endswith("transcription.delta")]
+    assert deltas == ["call", " the at"]  # the earlier segment's words stay in the turn
+    assert [e["type"] for e in events].count(
+        "conversation.item.input_audio_transcription.completed"
+    ) == 1
+    assert len(finals.audio) == 1
+
+
 def commit_only_session(tiny_model, finals) -> LiveSession:
     """A session on the real tiny model with turn detection off."""
     session = make_session(
