@@ -2,7 +2,7 @@
 
 configs/local.yaml's two apps run on a local Ray (what ``make run`` serves), the
 realtime one with the benchmark's ``--model``. Each session streams ``--service-clips`` held-out
-clips, each followed by 1.2 s of silence, as 16 kHz PCM16 in 40 ms appends paced at
+clips, each followed by 1.2 s of digital silence, as 16 kHz PCM16 in 40 ms appends paced at
 real time, with the server's VAD on (500 ms of silence ends a turn), then commits.
 Every event is timed on arrival. Per clip (the turns whose audio overlaps it most):
 

@@ -13,8 +13,8 @@ A word is sent as a delta once another word follows it in the best hypothesis, o
 still be being heard: a word's pieces spike on neighbouring frames), and the rest of
 the partial when the turn ends, so a turn's deltas join into its whole partial
 transcript. Waiting for the next word instead held a turn's first delta until the
-second word's chunk (p95 1.1-1.2 s after the onset, bench/RESULTS.md section 8). The final may
-still revise the text (full context, rescoring); deltas never do.
+second word's chunk (p95 1.1-1.2 s after the onset, bench/RESULTS.md section 8). The
+final may still revise the text (full context, rescoring); deltas never do.
 """
 
 from __future__ import annotations
@@ -108,15 +108,12 @@ class LiveSession:
 
     def _restart(self) -> None:
         """A fresh buffer and stream (session start, update, clear)."""
-        self.stream = self._stream_factory(self.settings)
         self._resample = Resampler(self.settings.rate)
         self._audio: list[np.ndarray] = []
         self._buffer_start = 0  # sample index of _audio[0]
         self._received = 0  # 16 kHz samples received in all
-        self._stream_origin_ms = 0  # where the stream's frame 0 is in the buffer's time
-        self._partial: tuple[int, ...] = ()  # the segment's best hypothesis so far
-        self._quiet_frames = 0  # blank frames since the segment's last spike
         self.item: Item | None = None
+        self._fresh_stream()
 
     def described(self) -> dict[str, Any]:
         return {"id": self.id, **self.settings.described()}
@@ -228,14 +225,8 @@ class LiveSession:
         try:
             text = await self._finals(audio, options)
         except Exception as exc:  # the batch path's typed errors carry their message
-            failed = {"type": "transcription_failed", "code": getattr(exc, "code", None)}
-            self._emit(
-                server_event(
-                    "conversation.item.input_audio_transcription.failed",
-                    item_id=item_id,
-                    content_index=0,
-                    error={**failed, "message": str(exc) or "transcription failed"},
-                )
+            self._emit_failed(
+                item_id, getattr(exc, "code", None), str(exc) or "transcription failed"
             )
             return
         self._emit(
@@ -321,28 +312,31 @@ class LiveSession:
         self.stream.new_segment()
 
     def _fresh_stream(self) -> None:
-        """A new stream from the buffer's end (after a client's commit): the committed
-        audio's frames still waiting for a step, and the endpointer's state, belong to
-        the committed turn and must not leak into the next one."""
-        self._partial = ()
-        self._quiet_frames = 0
+        """A new stream from the buffer's end (at a restart, or after a client's commit:
+        the committed audio's frames still waiting for a step, and the endpointer's
+        state, belong to the committed turn and must not leak into the next one)."""
         self.stream = self._stream_factory(self.settings)
-        self._stream_origin_ms = self._received * 1000 // SAMPLE_RATE
+        self._stream_origin_ms = self._received * 1000 // SAMPLE_RATE  # the stream's frame 0
+        self._partial: tuple[int, ...] = ()  # the segment's best hypothesis so far
+        self._quiet_frames = 0  # blank frames since the segment's last spike
 
     def abandon_turn(self, message: str, code: str) -> None:
         """A turn announced to the client (speech_started or deltas) that will not be
         committed gets its one ``failed`` event, so every item id ends."""
         if self.item is None:
             return
+        self._emit_failed(self.item.id, code, message)
+        self.item = None
+
+    def _emit_failed(self, item_id: str, code: str | None, message: str) -> None:
         self._emit(
             server_event(
                 "conversation.item.input_audio_transcription.failed",
-                item_id=self.item.id,
+                item_id=item_id,
                 content_index=0,
                 error={"type": "transcription_failed", "code": code, "message": message},
             )
         )
-        self.item = None
 
     def _words(self, tokens: tuple[int, ...], item: Item) -> list[str]:
         return item.earlier_words + self._detokenize(tokens).split()
