@@ -36,6 +36,14 @@ def test_fed_frame_by_frame_it_finds_the_same_events():
     assert one_by_one == whole == [SpeechStarted(4), SpeechStopped(11), SpeechStarted(41)]
 
 
+def test_fed_up_to_a_stop_it_leaves_the_frames_after_it_unjudged():
+    ep = Endpointer(EndpointRules(silence_duration_ms=200, **NO_TAIL))  # 5 frames
+    posteriors = frames((SPOKEN, 3), (SILENT, 6), (SPOKEN, 4))
+    assert ep.feed_to_stop(posteriors) == ([SpeechStarted(0), SpeechStopped(3)], 8)
+    assert ep.frame == 8 and not ep.in_speech
+    assert ep.feed_to_stop(posteriors[8:]) == ([SpeechStarted(9)], 5)
+
+
 def test_speech_that_never_pauses_is_cut_at_the_segment_cap_and_goes_on():
     rules = EndpointRules(max_segment_ms=2000)  # 50 frames
     events = Endpointer(rules).feed(frames((SPOKEN, 120)))

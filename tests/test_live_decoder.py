@@ -66,3 +66,33 @@ def test_two_streams_stepped_together_equal_their_offline_chunked_decodes(tiny_m
         assert stream.encoder.offset >= 16 * 5
         reference = _offline_best(tiny_model, audio[i], styles[i], stream.encoder.offset)
         assert last[i] == reference
+
+
+def test_after_a_stop_inside_a_chunk_the_next_segment_decodes_from_the_stop(tiny_model, synth):
+    """A segment that ends inside a chunk must neither hear nor lose what follows the
+    stop: the ending segment's beams stop at the stop's frame, and the next segment
+    starts there, exactly as a fresh stream fed the audio from that frame on."""
+    from serve_app.live.endpointing import EndpointRules, SpeechStopped
+
+    # Loose rules make the random model's blanks stop and start segments often.
+    rules = EndpointRules(silence_duration_ms=0, word_tail_ms=120)
+    audio = synth(8.0, seed=5)
+    stream = LiveStream(1.0, beam_size=BEAM, device=tiny_model.device, rules=rules)
+    stepper = LiveStepper(tiny_model)
+    stream.push(audio)
+    segment_start, replayed, compared = 0, False, 0
+    while stepper.ready([stream]):
+        (out,) = stepper.step([stream])
+        stops = [e for e in out.events if isinstance(e, SpeechStopped)]
+        assert stops == [] or out.events[-1] is stops[0], "a step ends at its first stop"
+        if replayed and out.frames == stepper.chunk_size:
+            fresh = LiveStream(1.0, beam_size=BEAM, device=tiny_model.device)
+            fresh.push(audio[segment_start * 640 :])
+            assert stepper.step([fresh])[0].tokens == out.tokens
+            compared += 1
+        replayed = False
+        if stops:
+            assert out.replay == (stepper.chunk_size - out.frames) * stepper.subsampling
+            stream.new_segment(out.replay)
+            segment_start, replayed = stream.endpointer.frame, out.replay > 0
+    assert compared >= 3

@@ -46,6 +46,11 @@ class StepOutput:
     followed by blanks, so a caller can tell a finished word from one still heard."""
     frames: int = 0
     """The chunk's encoder frames."""
+    replay: int = 0
+    """Feature frames after a speech stop in this chunk: neither judged nor decoded as
+    the ending segment's, they are decoded again as the next segment's start (see
+    :meth:`LiveStream.new_segment`), so a word spoken right after the stop is not
+    heard by the segment before it."""
 
 
 @dataclass
@@ -79,10 +84,16 @@ class LiveStream:
         self.pending = torch.zeros(0, NUM_MEL_BINS)
         self.endpointer = Endpointer(rules) if rules is not None else None
         self.segment = -1
+        self._stepped = torch.zeros(0, NUM_MEL_BINS)  # the frames the last window moved past
         self.new_segment()
 
-    def new_segment(self) -> None:
-        """Empty caches and beams: the next chunk starts a segment at position 0."""
+    def new_segment(self, replay: int = 0) -> None:
+        """Empty caches and beams: the next chunk starts a segment at position 0, from
+        the last ``replay`` feature frames that the last step moved past (a step's
+        :attr:`StepOutput.replay`) or else from the frames not yet taken."""
+        if replay:
+            self.pending = torch.cat([self._stepped[-replay:], self.pending])
+        self._stepped = self._stepped[:0]
         self.segment += 1
         style = torch.tensor([self.verbatimicity, 1.0 - self.verbatimicity])
         self.encoder = EncoderStream(cat_emb=style)
@@ -106,6 +117,7 @@ class LiveStream:
         """The next chunk window; its last ``window - stride`` frames stay for the next
         one (the subsampling's right context overlaps, as in forward_chunk_by_chunk)."""
         taken = self.pending[:window]
+        self._stepped = self.pending[:stride]
         self.pending = self.pending[stride:]
         return taken
 
@@ -118,6 +130,7 @@ class LiveStepper:
         self.chunk_size = chunk_size
         self.encoder = BatchedChunkEncoder(model.model.encoder)
         self.window, self.stride = chunk_window(model.model.encoder, chunk_size)
+        self.subsampling = self.stride // chunk_size
 
     def ready(self, streams: list[LiveStream]) -> list[LiveStream]:
         return [s for s in streams if s.has_chunk(self.window)]
@@ -145,16 +158,22 @@ class LiveStepper:
         encoded = self.encoder.step(taken.encoders, taken.windows.to(device))
         log_probs = self.model.model.ctc.log_softmax(encoded)  # (B, chunk, vocab)
         blank = log_probs[..., self.model.blank_id].exp().cpu().numpy()
-        quiet = trailing_quiet_frames(blank)
+        judged = [
+            s.endpointer.feed_to_stop(blank[row]) if s.endpointer else ([], blank.shape[1])
+            for row, s in enumerate(taken.streams)
+        ]
+        used = np.array([frames for _, frames in judged])
         beams = PrefixBeams.stack(taken.beams)
-        beams.advance(log_probs, blank_id=self.model.blank_id)
+        beams.advance(log_probs, torch.from_numpy(used), blank_id=self.model.blank_id)
+        quiet = trailing_quiet_frames(np.where(np.arange(blank.shape[1]) < used[:, None], blank, 1))
         outputs = []
-        for row, stream in enumerate(taken.streams):
+        for row, (events, frames) in enumerate(judged):
             beams.take_frames(row, taken.beams[row])
-            events = stream.endpointer.feed(blank[row]) if stream.endpointer else []
             best = taken.beams[row].nbest()[0].best
+            replay = (blank.shape[1] - frames) * self.subsampling
+            quiet_in_used = int(quiet[row]) - (blank.shape[1] - frames)
             outputs.append(
-                StepOutput(best, events, taken.segments[row], int(quiet[row]), blank.shape[1])
+                StepOutput(best, events, taken.segments[row], quiet_in_used, frames, replay)
             )
         return outputs
 

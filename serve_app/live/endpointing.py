@@ -85,9 +85,25 @@ class Endpointer:
         return self.speech_start is not None
 
     def feed(self, blank_probs: np.ndarray) -> list[Event]:
+        """All the frames, however many segments they end."""
+        probs = np.asarray(blank_probs, dtype=np.float64)
         events: list[Event] = []
+        at = 0
+        while at < probs.size:
+            found, used = self.feed_to_stop(probs[at:])
+            events += found
+            at += used
+        return events
+
+    def feed_to_stop(self, blank_probs: np.ndarray) -> tuple[list[Event], int]:
+        """The frames up to and including the one that ends a segment, if one does:
+        the events and how many frames were used. A live stream re-decodes the frames
+        after a stop in its next segment (fresh caches), so they must not be judged,
+        nor decoded, as the ending segment's."""
         speech = (1.0 - np.asarray(blank_probs, dtype=np.float64)) > self.rules.threshold
-        for is_speech in speech:
+        events: list[Event] = []
+        for used, is_speech in enumerate(speech, start=1):
+            stop: SpeechStopped | None = None
             if self.speech_start is None:
                 if is_speech:
                     self.speech_start = self._last_speech = self.frame
@@ -95,10 +111,12 @@ class Endpointer:
             elif is_speech:
                 self._last_speech = self.frame
                 if self.frame + 1 - self.speech_start >= self.rules.max_frames:
-                    events.append(SpeechStopped(self.frame + 1, forced=True))
-                    self.speech_start = None
+                    stop = SpeechStopped(self.frame + 1, forced=True)
             elif self.frame - self._last_speech >= self.rules.silence_frames:
-                events.append(SpeechStopped(self._last_speech + 1 + self.rules.tail_frames))
-                self.speech_start = None
+                stop = SpeechStopped(self._last_speech + 1 + self.rules.tail_frames)
             self.frame += 1
-        return events
+            if stop is not None:
+                self.speech_start = None
+                events.append(stop)
+                return events, used
+        return events, len(speech)

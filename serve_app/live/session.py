@@ -255,8 +255,8 @@ class LiveSession:
         for event in out.events:
             if isinstance(event, SpeechStarted):
                 self._speech_started(event.frame)
-            elif isinstance(event, SpeechStopped):
-                self._speech_stopped(event.frame)
+            elif isinstance(event, SpeechStopped):  # always the step's last event
+                self._speech_stopped(event.frame, replay=out.replay)
         if self.item is not None and self.stream.segment == segment:
             words = self._words(out.tokens, self.item)
             settled = self._quiet_frames * FRAME_MS >= WORD_SETTLE_MS
@@ -293,23 +293,23 @@ class LiveSession:
             )
         )
 
-    def _speech_stopped(self, frame: int) -> None:
-        if self.item is None:
-            return
-        end_ms = self._stream_origin_ms + frame * FRAME_MS
-        stopped = server_event(
-            "input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=self.item.id
-        )
-        self._emit(stopped)
-        self._commit(client=False, end_sample=min(end_ms * SAMPLE_RATE // 1000, self._received))
-        self._next_segment()
+    def _speech_stopped(self, frame: int, replay: int) -> None:
+        if self.item is not None:  # else a client's commit or clear already ended the turn
+            end_ms = self._stream_origin_ms + frame * FRAME_MS
+            stopped = server_event(
+                "input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=self.item.id
+            )
+            self._emit(stopped)
+            end = min(end_ms * SAMPLE_RATE // 1000, self._received)
+            self._commit(client=False, end_sample=end)
+        self._next_segment(replay)
 
-    def _next_segment(self) -> None:
+    def _next_segment(self, replay: int = 0) -> None:
         if self.item is not None:
             self.item.earlier_words = self._words(self._partial, self.item)
         self._partial = ()
         self._quiet_frames = 0
-        self.stream.new_segment()
+        self.stream.new_segment(replay)
 
     def _fresh_stream(self) -> None:
         """A new stream from the buffer's end (at a restart, or after a client's commit:
