@@ -105,6 +105,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "rest are trained non-verbatim",
     )
     parser.add_argument(
+        "--filler-share",
+        type=float,
+        default=0.5,
+        help="share of utterances with one or two fillers (um, uh) inserted; verbatim "
+        "labels keep them, non-verbatim ones leave them blank",
+    )
+    parser.add_argument(
         "--digital-silence-share",
         type=float,
         default=0.15,

@@ -222,11 +222,12 @@ def heldout_sentences(seed: int, count: int = HELDOUT_COUNT + CONTINUOUS_COUNT) 
 
 
 def training_plan(
-    seed: int, n_voices: int, n_utterances: int, pool: VoicePool
+    seed: int, n_voices: int, n_utterances: int, pool: VoicePool, filler_share: float = 0.5
 ) -> tuple[list[Voice], list[list[str]], Plan]:
     """Training voices, held-out sentences and (verbatim, clean, voice) of each utterance.
 
     Cheap (no synthesis), so tests can check that held-out sentences are unseen.
+    ``filler_share`` is the share of utterances with one or two fillers inserted.
     """
     rng = random.Random(seed)
     voices = train_voices(rng, n_voices, pool)
@@ -241,6 +242,6 @@ def training_plan(
             s = s[k : k + rng.randint(1, 3)]
         if " ".join(s) in held:
             continue
-        v = disfluent(s, rng, p_filler=0.5, p_repeat=0.2)
+        v = disfluent(s, rng, p_filler=filler_share, p_repeat=0.2)
         plan.append((v, s, rng.choice(voices)))
     return voices, test_sentences, plan

@@ -156,7 +156,9 @@ def run_train(args: argparse.Namespace) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     print("settings: " + " ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
     pool = voice_pool(args)
-    voices, test_sentences, plan = training_plan(args.seed, args.voices, args.utterances, pool)
+    voices, test_sentences, plan = training_plan(
+        args.seed, args.voices, args.utterances, pool, filler_share=args.filler_share
+    )
     lexicon = synthesise_lexicon(voices + heldout_voices() + hard_voices(), VOCABULARY, jobs=2)
     print(f"synthesised {len(lexicon)} word clips in {time.time() - t_start:.0f}s", flush=True)
     out: Path = args.out
