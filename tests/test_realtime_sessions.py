@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI, WebSocket
 
 from serve_app.engine.options import DecodeOptions
 from serve_app.engine.transcriber import Transcriber
 from serve_app.serve.realtime_config import RealtimeConfig
 from serve_app.serve.realtime_sessions import RealtimeSessions
+from tests.local_server import serving
 
 COMMIT_ONLY = {
     "type": "session.update",
@@ -66,19 +66,11 @@ def replica(tiny_model_dir, tiny_model) -> Iterator[Replica]:
         finally:
             handlers[0] -= 1
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws="websockets")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield Replica(sessions, transcriber, f"ws://127.0.0.1:{port}/v1/realtime", handlers)
-    server.should_exit = True
-    thread.join(timeout=30)
+    # uvicorn's websockets implementation waits for the socket to drain on each send,
+    # as a real server does, so a client that never reads blocks the session's sender
+    # (its sans-I/O one buffers without bound, which would hide the slow reader).
+    with serving(app, ws="websockets") as port:
+        yield Replica(sessions, transcriber, f"ws://127.0.0.1:{port}/v1/realtime", handlers)
 
 
 def _connect(replica: Replica, **kwargs):

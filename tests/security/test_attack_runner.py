@@ -7,17 +7,14 @@ bench command; this keeps every attack in ``make test``.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from bench.attack_http import ATTACKS, Target, run_all
 from serve_app.serve.http_api import create_http_app
 from tests.fake_backend import FakeBackend
+from tests.local_server import serving
 
 KEY = "attack-runner-key-0123456789"
 ORIGIN = "http://allowed.example"
@@ -32,24 +29,8 @@ def target() -> Iterator[Target]:
         body_grace_s=1.0,
         model_aliases=["whisper-1"],
     )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_http_app(lambda: backend), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
+    with serving(create_http_app(lambda: backend)) as port:
         yield Target(f"http://127.0.0.1:{port}", KEY, ORIGIN, 60, 1.0)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.mark.parametrize("attack", [name for name in ATTACKS if name != "still-serving"])
