@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +26,7 @@ from serve_app.engine.transcriber import Transcriber
 from serve_app.serve.realtime_config import RealtimeConfig
 from serve_app.serve.realtime_sessions import RealtimeSessions
 from tests.local_server import serving
+from tests.never_reads import NeverReads
 
 COMMIT_ONLY = {
     "type": "session.update",
@@ -88,41 +89,17 @@ def _wait(condition, seconds: float) -> bool:
     return True
 
 
-class NeverReads:
-    """A WebSocket client that completes the handshake and then only writes: a raw
-    socket driven by websockets' sans-I/O protocol, so nothing reads on its behalf."""
-
-    def __init__(self, url: str) -> None:
-        from websockets.client import ClientProtocol
-        from websockets.uri import parse_uri
-
-        uri = parse_uri(url)
-        self.protocol = ClientProtocol(uri)
-        self.sock = socket.create_connection((uri.host, uri.port), timeout=30)
-        self.protocol.send_request(self.protocol.connect())
-        self.sock.sendall(b"".join(self.protocol.data_to_send()))
-        while self.protocol.state.name == "CONNECTING":
-            self.protocol.receive_data(self.sock.recv(65536))
-        assert self.protocol.state.name == "OPEN", self.protocol.handshake_exc
-
-    def send(self, text: str) -> None:
-        self.protocol.send_text(text.encode())
-        self.sock.sendall(b"".join(self.protocol.data_to_send()))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.slow
 def test_a_client_that_never_reads_is_closed_and_its_socket_let_go(replica):
     unknown = json.dumps({"type": "never.heard.of"})  # each one answers an error event
-    client = NeverReads(replica.url + "?intent=transcription")
+    client = NeverReads(replica.url + "?intent=transcription", write_timeout_s=5)
     try:
-        # Its error events fill both sockets' buffers, then the session's outbox. The
-        # session is closed and its handler returns although the client never reads
-        # (flushing to it, or even a close frame, would wait for ever); then the server
-        # closes the socket, and the client's writes fail.
-        with pytest.raises(OSError):
+        # Its error events fill both sockets' buffers, then the session's outbox, until
+        # the client's writes fail or stall. The session is closed and its handler
+        # returns although the client never reads (flushing to it, or even a close
+        # frame, would wait for ever). Closing the socket is then uvicorn's part
+        # (through Serve's proxy: tests/serve/test_realtime.py).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, TimeoutError):
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 client.send(unknown)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import httpx
 import numpy as np
@@ -95,6 +96,27 @@ def test_without_the_key_the_socket_is_refused_and_the_subprotocol_key_works(ser
     assert refused.value.response.status_code == 403
     with browser_connect(ws_url(serve_cluster)) as ws:
         assert ws.subprotocol == "realtime"  # never the key echoed back
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+
+
+def test_through_the_proxy_a_client_that_never_reads_is_closed(serve_cluster):
+    """Serve's proxy passes the back-pressure on: the replica's outbox fills, the
+    session is closed, the socket with it, and the server takes new sessions."""
+    from tests.never_reads import NeverReads
+
+    client = NeverReads(
+        ws_url(serve_cluster) + "?intent=transcription",
+        subprotocols=["realtime", f"openai-insecure-api-key.{API_KEY}"],
+    )
+    unknown = json.dumps({"type": "never.heard.of"})  # each one answers an error event
+    try:
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):  # not a timeout
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                client.send(unknown)
+    finally:
+        client.close()
+    with browser_connect(ws_url(serve_cluster)) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
 
 
