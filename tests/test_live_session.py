@@ -153,6 +153,9 @@ def test_trailing_quiet_frames_counts_blanks_after_the_last_spike():
         ]
     )
     assert trailing_quiet_frames(blank).tolist() == [3, 5, 0]
+    # A segment that stopped inside the chunk counts only the frames it used: the
+    # third row's spike is past its 4 frames.
+    assert trailing_quiet_frames(blank, np.array([3, 2, 4])).tolist() == [1, 2, 4]
 
 
 def test_a_client_commit_leaves_nothing_of_its_turn_in_the_stream(tiny_model):

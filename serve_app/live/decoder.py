@@ -45,7 +45,8 @@ class StepOutput:
     when nothing was spoken in it): how long the hypothesis's last word has been
     followed by blanks, so a caller can tell a finished word from one still heard."""
     frames: int = 0
-    """The chunk's encoder frames."""
+    """The chunk's encoder frames that this segment used (all of them unless a speech
+    stop ended the segment inside the chunk)."""
     replay: int = 0
     """Feature frames after a speech stop in this chunk: neither judged nor decoded as
     the ending segment's, they are decoded again as the next segment's start (see
@@ -165,23 +166,26 @@ class LiveStepper:
         used = np.array([frames for _, frames in judged])
         beams = PrefixBeams.stack(taken.beams)
         beams.advance(log_probs, torch.from_numpy(used), blank_id=self.model.blank_id)
-        quiet = trailing_quiet_frames(np.where(np.arange(blank.shape[1]) < used[:, None], blank, 1))
+        quiet = trailing_quiet_frames(blank, used)
         outputs = []
         for row, (events, frames) in enumerate(judged):
             beams.take_frames(row, taken.beams[row])
             best = taken.beams[row].nbest()[0].best
             replay = (blank.shape[1] - frames) * self.subsampling
-            quiet_in_used = int(quiet[row]) - (blank.shape[1] - frames)
             outputs.append(
-                StepOutput(best, events, taken.segments[row], quiet_in_used, frames, replay)
+                StepOutput(best, events, taken.segments[row], int(quiet[row]), frames, replay)
             )
         return outputs
 
 
-def trailing_quiet_frames(blank: np.ndarray, threshold: float = SPIKE_THRESHOLD) -> np.ndarray:
-    """Per row of (rows, frames) blank probabilities: the frames after the last spike
-    (a frame whose blank probability is under ``threshold``), or all frames if none."""
-    spike = blank < threshold
-    frames = spike.shape[1]
-    last_from_end = spike[:, ::-1].argmax(axis=1)
-    return np.where(spike.any(axis=1), last_from_end, frames)
+def trailing_quiet_frames(
+    blank: np.ndarray, used: np.ndarray | None = None, threshold: float = SPIKE_THRESHOLD
+) -> np.ndarray:
+    """Per row of (rows, frames) blank probabilities, over its first ``used`` frames
+    (all by default): the frames after the last spike (a frame whose blank probability
+    is under ``threshold``), or all of them if none."""
+    rows, frames = blank.shape
+    used = np.full(rows, frames) if used is None else used
+    spike = (blank < threshold) & (np.arange(frames) < used[:, None])
+    last_from_end = spike[:, ::-1].argmax(axis=1)  # counted from the chunk's end
+    return np.where(spike.any(axis=1), last_from_end - (frames - used), used)

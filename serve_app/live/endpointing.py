@@ -84,17 +84,6 @@ class Endpointer:
     def in_speech(self) -> bool:
         return self.speech_start is not None
 
-    def feed(self, blank_probs: np.ndarray) -> list[Event]:
-        """All the frames, however many segments they end."""
-        probs = np.asarray(blank_probs, dtype=np.float64)
-        events: list[Event] = []
-        at = 0
-        while at < probs.size:
-            found, used = self.feed_to_stop(probs[at:])
-            events += found
-            at += used
-        return events
-
     def feed_to_stop(self, blank_probs: np.ndarray) -> tuple[list[Event], int]:
         """The frames up to and including the one that ends a segment, if one does:
         the events and how many frames were used. A live stream re-decodes the frames
