@@ -611,6 +611,30 @@ def test_espeak_word_events_give_every_word_a_time():
     assert 1.5 < len(spoken.audio) / 16000 < 5
 
 
+def test_fillers_said_with_other_vowels_keep_their_words_and_times():
+    """``--filler-sound-share`` has espeak-ng read a filler as phonemes: the audio
+    changes, the labels (words, one time each) do not, and share 0 changes nothing."""
+    import random
+
+    from scripts.demo_model.data import filler_sounds
+    from scripts.demo_model.speech import FILLER_SOUNDS, speak
+
+    sentences = [["please", "uh", "check", "the", "phone"], ["um", "call", "the", "team"]]
+    assert filler_sounds(sentences, random.Random(0), 0.0) == sentences
+    written = filler_sounds(sentences, random.Random(0), 1.0)
+    assert written[0][1] in FILLER_SOUNDS["uh"] and written[1][0] in FILLER_SOUNDS["um"]
+    sounds = FILLER_SOUNDS["uh"] + FILLER_SOUNDS["um"]
+    kept = [w for s in written for w in s if w not in sounds]
+    assert kept == ["please", "check", "the", "phone", "call", "the", "team"]
+    voice = Voice("en-us", "f3", 175, 50)
+    plain, other = speak(sentences, voice), speak(sentences, voice, written)
+    assert other.words == plain.words
+    assert len(other.times) == len(plain.times) and all(b > a for a, b in other.times)
+    assert not np.array_equal(other.audio, plain.audio)
+    # a phoneme string read as letters would be spelt out: far longer than the word
+    assert abs(len(other.audio) - len(plain.audio)) < 0.25 * len(plain.audio)
+
+
 def test_every_mode_gives_the_same_words_alone_and_in_mixed_batches(transcriber):
     """A batch mixing all modes, both verbatimicities, short clips and the long clip."""
     names = [c["file"] for c in clips("heldout")[:4]] + [clips("long")[0]["file"]]

@@ -112,6 +112,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "labels keep them, non-verbatim ones leave them blank",
     )
     parser.add_argument(
+        "--filler-sound-share",
+        type=float,
+        default=0.0,
+        help="share of fillers in continuous speech said with another common vowel "
+        "(schwa, or a long 'er') instead of the accent's own",
+    )
+    parser.add_argument(
         "--digital-silence-share",
         type=float,
         default=0.15,

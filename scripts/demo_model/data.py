@@ -50,27 +50,29 @@ def assemble(
     snr_db: tuple[float, float] = (22.0, 40.0),
     lead: tuple[float, float] = (0.1, 0.4),
     speed: float = 1.0,
+    written: list[str] | None = None,
 ) -> Utterance:
     """Concatenate word clips with random gaps; add white noise at a random SNR.
 
     ``speed`` > 1 plays the result faster (Kaldi-style speed perturbation: tempo and pitch
-    together), which stretches espeak's speed range without more synthesis.
+    together), which stretches espeak's speed range without more synthesis. ``written``
+    names each word's clip in the lexicon when it is not the word (``filler_sounds``).
     """
+    clips = [lexicon[(voice, w)] for w in written or words]
     pieces: list[np.ndarray] = []
     times: list[tuple[float, float]] = []
     pos = int(rng.uniform(*lead) * SAMPLE_RATE)
     pieces.append(np.zeros(pos, dtype=np.float32))
-    for k, w in enumerate(words):
+    for k, clip in enumerate(clips):
         if k:
             g = int(rng.uniform(*gap) * SAMPLE_RATE)
             pieces.append(np.zeros(g, dtype=np.float32))
             pos += g
-        clip = lexicon[(voice, w)]
         times.append((pos / SAMPLE_RATE, (pos + len(clip)) / SAMPLE_RATE))
         pieces.append(clip)
         pos += len(clip)
     pieces.append(np.zeros(int(rng.uniform(*lead) * SAMPLE_RATE), dtype=np.float32))
-    speech_rms = float(np.sqrt(np.mean(np.concatenate([lexicon[(voice, w)] for w in words]) ** 2)))
+    speech_rms = float(np.sqrt(np.mean(np.concatenate(clips) ** 2)))
     audio = np.concatenate(pieces)
     return finish(words, clean, voice, audio, times, speech_rms, rng, snr_db, speed)
 
@@ -108,6 +110,7 @@ def assemble_continuous(
     snr_db: tuple[float, float] = (22.0, 40.0),
     lead: tuple[float, float] = (0.1, 0.4),
     speed: float = 1.0,
+    written: list[list[str]] | None = None,
 ) -> Utterance:
     """Sentences spoken by espeak-ng as continuous speech, word times from its events.
 
@@ -117,12 +120,17 @@ def assemble_continuous(
     (natural pauses between sentences, and the pauses VAD chunking looks for). When
     espeak-ng gives no word event for some word (a repeated "to to" is read as one)
     the utterance is built word-joined instead, so every label stays true.
+    ``written`` is what espeak-ng reads for each word (``speak``).
     """
     from scripts.demo_model.speech import speak
 
     words = [w for s in sentences for w in s]
+    written = written or sentences
     try:
-        spoken = [speak(sentences, voice)] if one_go else [speak([s], voice) for s in sentences]
+        if one_go:
+            spoken = [speak(sentences, voice, written)]
+        else:
+            spoken = [speak([s], voice, [w]) for s, w in zip(sentences, written, strict=True)]
     except ValueError:
         return assemble(words, clean, voice, lexicon, rng, snr_db=snr_db, lead=lead, speed=speed)
     pos = int(rng.uniform(*lead) * SAMPLE_RATE)
@@ -155,6 +163,25 @@ def pad_digital_silence(utt: Utterance, rng: random.Random) -> Utterance:
     audio = np.concatenate([np.zeros(lead, np.float32), utt.audio, np.zeros(tail, np.float32)])
     shift = lead / SAMPLE_RATE
     return replace(utt, audio=audio, times=[(a + shift, b + shift) for a, b in utt.times])
+
+
+def filler_sounds(sentences: list[list[str]], rng: random.Random, share: float) -> list[list[str]]:
+    """What espeak-ng reads for each word: a filler, with probability ``share``, as one
+    of its other common vowels (``FILLER_SOUNDS``), else the word as spelled.
+
+    espeak-ng says "uh" with each accent's STRUT vowel; people also say it as a schwa
+    or a long "er", and a model that heard only the first missed fillers in an accent
+    whose STRUT vowel differs (the Lancaster voice of the held-out set).
+    """
+    from scripts.demo_model.speech import FILLER_SOUNDS
+
+    return [
+        [
+            rng.choice(FILLER_SOUNDS[w]) if w in FILLER_SOUNDS and rng.random() < share else w
+            for w in s
+        ]
+        for s in sentences
+    ]
 
 
 def perturb_speed(
@@ -201,6 +228,7 @@ class ExampleStream:
         onset_delay_frames: int = 0,
         verbatim_share: float = 0.5,
         digital_silence_share: float = 0.0,
+        filler_sound_share: float = 0.0,
     ) -> None:
         self.plan, self.lexicon, self.sp = plan, lexicon, sp
         self.seed, self.pool_size = seed, pool_size
@@ -222,12 +250,16 @@ class ExampleStream:
         # Share of utterances with digital silence around them (``pad_digital_silence``),
         # drawn from a random stream of its own so that the other draws stay as they were.
         self.digital_silence_share = digital_silence_share
+        # Share of fillers said with another vowel (``filler_sounds``; the lexicon must
+        # hold their clips), from a random stream of its own as well.
+        self.filler_sound_share = filler_sound_share
 
     def pool(self, k: int) -> list[Example]:
         """Pool ``k``, seeded by (seed, k) alone: pools can be built in any thread or order."""
         rng = random.Random(self.seed * 1000 + k)
         nrng = np.random.default_rng(self.seed * 1000 + k)
         silence_rng = random.Random(self.seed * 1000 + k + 7_000_000)
+        sound_rng = random.Random(self.seed * 1000 + k + 9_000_000)
         start = (k * self.pool_size) % len(self.plan)
         items = (self.plan + self.plan)[start : start + self.pool_size]
         out = []
@@ -256,10 +288,19 @@ class ExampleStream:
                     one_go=one_go,
                     speed=speed,
                     snr_db=snr,
+                    written=filler_sounds(sentences, sound_rng, self.filler_sound_share),
                 )
             else:
+                (written,) = filler_sounds([verbatim_words], sound_rng, self.filler_sound_share)
                 utt = assemble(
-                    verbatim_words, clean, voice, self.lexicon, nrng, speed=speed, snr_db=snr
+                    verbatim_words,
+                    clean,
+                    voice,
+                    self.lexicon,
+                    nrng,
+                    speed=speed,
+                    snr_db=snr,
+                    written=written,
                 )
             if silence_rng.random() < self.digital_silence_share:
                 utt = pad_digital_silence(utt, silence_rng)

@@ -31,6 +31,7 @@ from scripts.demo_model.model_config import (
     write_config,
     write_tokenizer,
 )
+from scripts.demo_model.speech import FILLER_SOUNDS
 from scripts.demo_model.testdata import build_test_data
 from scripts.demo_model.train import keep_freed_memory, train
 from scripts.demo_model.tts import (
@@ -108,6 +109,7 @@ def training_stream(
         onset_delay_frames=round(args.onset_delay_ms / 40),
         verbatim_share=args.verbatim_share,
         digital_silence_share=args.digital_silence_share,
+        filler_sound_share=args.filler_sound_share,
     )
 
 
@@ -160,6 +162,9 @@ def run_train(args: argparse.Namespace) -> None:
         args.seed, args.voices, args.utterances, pool, filler_share=args.filler_share
     )
     lexicon = synthesise_lexicon(voices + heldout_voices() + hard_voices(), VOCABULARY, jobs=2)
+    if args.filler_sound_share > 0:
+        sounds = [s for alternatives in FILLER_SOUNDS.values() for s in alternatives]
+        lexicon |= synthesise_lexicon(voices, sounds, jobs=2)
     print(f"synthesised {len(lexicon)} word clips in {time.time() - t_start:.0f}s", flush=True)
     out: Path = args.out
     sp = prepare_folder(out, plan, args.vocab_size)

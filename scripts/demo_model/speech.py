@@ -34,7 +34,13 @@ EVENT_WORD = 1
 EVENT_LIST_TERMINATED = 0
 ESPEAK_RATE, ESPEAK_PITCH = 1, 3
 CHARS_UTF8 = 1
+PHONEME_INPUT = 0x100  # espeakPHONEMES: [[...]] in the text is read as phonemes
 POS_CHARACTER = 1
+
+# Vowels fillers are commonly said with besides the accent's own STRUT vowel (what
+# espeak-ng gives for the spelling): schwa ("uh" as [ə]) and the British "er"/"erm"
+# ([ɜː], [ɜːm]), written as espeak-ng phonemes.
+FILLER_SOUNDS = {"uh": ("[[@]]", "[['3:]]"), "um": ("[[@m]]", "[['3:m]]")}
 
 
 class EspeakEvent(ctypes.Structure):
@@ -109,13 +115,16 @@ class Espeak:
     def synth(self, text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
         """int16 samples at ``self.rate`` and the word events of one text."""
         data = text.encode() + b"\0"
+        # Phoneme input only where the text has some: the flag changes a few samples
+        # of plain text too, and plain texts must synthesise as they always have.
+        flags = CHARS_UTF8 | (PHONEME_INPUT if "[[" in text else 0)
         with self.lock:
             self._chunks, self._events = [], []
             if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                 raise RuntimeError(f"espeak-ng has no voice {voice.name}")
             self.lib.espeak_SetParameter(ESPEAK_RATE, voice.speed, 0)
             self.lib.espeak_SetParameter(ESPEAK_PITCH, voice.pitch, 0)
-            self.lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+            self.lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, flags, None, None)
             self.lib.espeak_Synchronize()
             chunks, events = self._chunks, self._events
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
@@ -202,13 +211,17 @@ def place_words(
     return out
 
 
-def speak(sentences: list[list[str]], voice: Voice) -> Spoken:
+def speak(
+    sentences: list[list[str]], voice: Voice, written: list[list[str]] | None = None
+) -> Spoken:
     """The sentences spoken in one go by ``voice``, trimmed, with true word times.
 
+    ``written`` (the same shape as ``sentences``) is what espeak-ng reads for each word
+    when it is not the word itself: a phoneme string such as a filler's other vowel.
     Raises ValueError when a word gets no word event (never seen with the demo
     vocabulary; the check keeps a wrong label from ever reaching training).
     """
-    text = text_of(sentences)
+    text = text_of(written or sentences)
     words = [w for s in sentences for w in s]
     pcm, events = espeak().synth(text, voice)
     found = word_of_events(text, events)
