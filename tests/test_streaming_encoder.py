@@ -110,7 +110,7 @@ def test_one_stream_stepped_alone_equals_forward_chunk_and_the_chunk_masked_forw
     torch.testing.assert_close(ours, reference, atol=ATOL, rtol=0)
     masked = _chunk_masked(encoder, feats, cat, ours.size(1))
     torch.testing.assert_close(ours, masked, atol=1e-4, rtol=1e-4)
-    assert stream.offset == ours.size(1) and stream.att_cache.size(2) == ours.size(1)
+    assert stream.offset == ours.size(1)
 
 
 def test_streams_stepped_together_with_mixed_offsets_caches_and_styles_equal_each_alone(encoder):
@@ -141,6 +141,45 @@ def test_streams_stepped_together_with_mixed_offsets_caches_and_styles_equal_eac
         torch.testing.assert_close(
             torch.cat(outs, dim=1), _one_stream(encoder, feats, cat), atol=ATOL, rtol=0
         )
+
+
+def test_cache_slots_grow_come_back_when_streams_are_dropped_and_carry_nothing_over(
+    tiny_model_dir,
+):
+    """Ten streams outgrow the eight first slots and a segment outgrows the first
+    frames, and each still equals its own forward_chunk run; dropped streams give their
+    slots back, and a stream given a slot that held garbage (NaN) is not touched by it,
+    so nothing of one caller's stream reaches another's."""
+    encoder = _encoder(tiny_model_dir, "abs_pos")
+    stepper = BatchedChunkEncoder(encoder)
+    utterances = [(_features(3.0, 10 + k), _cat(k % 2)) for k in range(10)]
+    streams = [EncoderStream(cat_emb=c) for _, c in utterances]
+    windows = [_windows(f, encoder) for f, _ in utterances]
+    outs = [stepper.step(streams, torch.cat(ws, dim=0)) for ws in zip(*windows, strict=True)]
+    for row, (feats, cat) in enumerate(utterances):
+        ours = torch.cat([o[row : row + 1] for o in outs], dim=1)
+        torch.testing.assert_close(ours, _one_stream(encoder, feats, cat), atol=ATOL, rtol=0)
+    assert stepper.caches.in_use == 10
+    del streams
+    assert stepper.caches.in_use == 0
+    with torch.inference_mode():  # the caches are inference tensors once grown
+        stepper.caches.att.fill_(float("nan"))
+        stepper.caches.cnn.fill_(float("nan"))
+    # Two new streams, the second two chunks behind: its rows past its offset are
+    # read as padding while the first one is longer, so garbage left there would leak.
+    pair = [(_features(5.0, 30), _cat(0.0)), (_features(2.0, 31), _cat(1.0))]
+    fresh = [EncoderStream(cat_emb=c) for _, c in pair]
+    first, second = (_windows(f, encoder) for f, _ in pair)
+    got: list[list[torch.Tensor]] = [[], []]
+    for step, window in enumerate(first):
+        rows = [0] + ([1] if 2 <= step < 2 + len(second) else [])
+        batch = torch.cat([window] + ([second[step - 2]] if len(rows) == 2 else []))
+        out = stepper.step([fresh[r] for r in rows], batch)
+        for k, r in enumerate(rows):
+            got[r].append(out[k : k + 1])
+    for (feats, cat), outs in zip(pair, got, strict=True):
+        ours = torch.cat(outs, dim=1)
+        torch.testing.assert_close(ours, _one_stream(encoder, feats, cat), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,15 @@ lengths; a GPU wants them in one forward. :class:`BatchedChunkEncoder` is
 ``forward_chunk``'s loop written for a batch, with wenet's own layers unchanged:
 
 * inputs are stacked (every row is one full chunk window);
-* each row's attention cache is padded to the longest, and the padding is masked out
-  of the keys; the chunk's own keys follow the padded caches, as the layers append them;
+* the attention caches are read from :class:`CacheSlots` padded to the longest row
+  (one gather), and the padding is masked out of the keys; the chunk's own keys
+  follow the padded caches, as the layers append them, and go back in one scatter;
 * positions are per row: the absolute encoding is added at the embedding with per-row
   offsets (wenet's ``PositionalEncoding`` takes a tensor of offsets), and the
   relative one (Reverb's ``rel_pos``, whose attention has no relative shift, so its
   positions are the keys' absolute ones) is built per row for the padded key layout;
-* the convolution caches are per row already; a new stream's is zeros, which is what
-  ``forward_chunk`` pads a first chunk with;
+* the convolution caches are per row already (in the same slots); a new stream's is
+  zeros, which is what ``forward_chunk`` pads a first chunk with;
 * each row has its own ``cat_embs`` (verbatimicity), as the language-specific layers
   take them.
 
@@ -24,6 +25,8 @@ positional table's 5000 frames, and each segment starts with empty caches).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -32,16 +35,95 @@ import torch.nn.functional as F
 
 @dataclass
 class EncoderStream:
-    """One live stream's encoder state between chunks."""
+    """One live stream's encoder state between chunks; its caches live in the
+    stepper's :class:`CacheSlots`, in the slot it was given at its first step."""
 
     cat_emb: torch.Tensor
     """(2,): [verbatimicity, 1 - verbatimicity], as the batch path builds it."""
     offset: int = 0
     """Encoder frames this stream has produced (its next chunk's first position)."""
-    att_cache: torch.Tensor | None = None
-    """(layers, heads, offset, 2 * d_k): keys and values of every earlier frame."""
-    cnn_cache: torch.Tensor | None = None
-    """(layers, dim, kernel - 1): the causal convolutions' left context."""
+    slot: int | None = None
+    """Its row in the stepper's caches; given back when the stream is dropped."""
+
+
+FRAMES_STEP = 128  # cache frames are added in steps of this (5.12 s of audio)
+
+
+class CacheSlots:
+    """Every live stream's attention and convolution caches in two tensors, one slot
+    (row) a stream, so that a step reads all its rows' caches in one gather and
+    writes the new frames back in one scatter, however many streams it holds.
+
+    Kept per stream, the caches had to be padded into a batch row by row and cut back
+    out row by row at every step: two copies and a few small operations per stream,
+    which on a GPU are each a kernel launch. A slot's frames past its stream's offset
+    are zeros (a slot is cleared when given out), which is what the padding was, and
+    a masked key times zero stays zero. Both tensors grow (slots doubling as streams
+    come, frames by ``FRAMES_STEP`` as segments lengthen) and never shrink: they are
+    sized by the replica's busiest moment.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, slots: int = 8, frames: int = FRAMES_STEP) -> None:
+        first = encoder.encoders[0]
+        attention, conv = first.self_attn, first.conv_module
+        param = next(encoder.parameters())
+        layers = len(encoder.encoders)
+        self.att = param.new_zeros(layers, slots, attention.h, frames, 2 * attention.d_k)
+        self.cnn = param.new_zeros(layers, slots, encoder.output_size(), conv.lorder)
+        self._free = list(range(slots))[::-1]
+        self._lock = threading.Lock()  # streams are dropped on other threads than steps
+
+    @property
+    def in_use(self) -> int:
+        return self.att.size(1) - len(self._free)
+
+    def give(self, stream: EncoderStream) -> None:
+        """A cleared slot for a stream's first step. It comes back when the stream is
+        dropped (a new segment, a closed session): no caller has to free it, and a
+        stream still in a running step cannot lose it."""
+        with self._lock:
+            if not self._free:
+                have = self.att.size(1)
+                self._grow(slots=2 * have)
+                self._free = list(range(have, 2 * have))[::-1]
+            slot = self._free.pop()
+        self.att[:, slot].zero_()
+        self.cnn[:, slot].zero_()
+        stream.slot = slot
+        weakref.finalize(stream, self._release, slot)
+
+    def _release(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def _grow(self, *, slots: int = 0, frames: int = 0) -> None:
+        layers, have, heads, length, width = self.att.shape
+        slots, frames = max(slots, have), max(frames, length)
+        if (slots, frames) == (have, length):
+            return
+        att = self.att.new_zeros(layers, slots, heads, frames, width)
+        att[:, :have, :, :length] = self.att
+        cnn = self.cnn.new_zeros(layers, slots, *self.cnn.shape[2:])
+        cnn[:, :have] = self.cnn
+        self.att, self.cnn = att, cnn
+
+    def read(self, slots: torch.Tensor, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layers, B, heads, longest, 2 * d_k) and (layers, B, dim, kernel - 1)."""
+        return self.att[:, slots, :, :longest], self.cnn[:, slots]
+
+    def write(
+        self, slots: torch.Tensor, offsets: torch.Tensor, att: torch.Tensor, cnn: torch.Tensor
+    ) -> None:
+        """Each row's chunk keys and values, (layers, B, heads, chunk, 2 * d_k), at its
+        offset, and its convolution cache."""
+        chunk = att.size(3)
+        needed = int(offsets.max()) + chunk
+        if needed > self.att.size(3):
+            with self._lock:
+                self._grow(frames=-(-needed // FRAMES_STEP) * FRAMES_STEP)
+        frames = offsets[:, None] + torch.arange(chunk, device=offsets.device)[None, :]
+        self.att[:, slots[:, None], :, frames] = att.permute(1, 3, 0, 2, 4)
+        self.cnn[:, slots] = cnn
 
 
 def chunk_window(encoder: torch.nn.Module, chunk_size: int) -> tuple[int, int]:
@@ -90,6 +172,7 @@ class BatchedChunkEncoder:
         # RelPositionalEncoding scales the input only; its positions go to attention.
         self.relative = type(encoder.embed.pos_enc).__name__.startswith("Rel")
         self.pe = encoder.embed.pos_enc.pe[0]
+        self.caches = CacheSlots(encoder)
 
     @torch.inference_mode()
     def step(self, streams: list[EncoderStream], windows: torch.Tensor) -> torch.Tensor:
@@ -106,17 +189,20 @@ class BatchedChunkEncoder:
         # Full left context: a stream's cache length is its offset.
         longest = int(offsets.max())
         keys = longest + chunk
-        slots = torch.arange(longest, device=device)
+        cached = torch.arange(longest, device=device)
         valid = torch.cat(
-            [slots[None, :] < offsets[:, None], frame_mask.new_ones(batch, chunk)], dim=1
+            [cached[None, :] < offsets[:, None], frame_mask.new_ones(batch, chunk)], dim=1
         )
         att_mask = valid[:, None, :]  # (B, 1, keys): padding is never attended to
         # Key positions: cache slot j is frame j of the stream; chunk frame t is offset + t.
         chunk_positions = offsets[:, None] + torch.arange(chunk, device=device)[None, :]
-        positions = torch.cat([slots[None, :].expand(batch, -1), chunk_positions], dim=1)
+        positions = torch.cat([cached[None, :].expand(batch, -1), chunk_positions], dim=1)
         pos_emb = F.embedding(positions * valid, self.pe) if self.relative else self.pe[None, :keys]
-        att_caches = self._padded_att_caches(streams, longest, xs)
-        cnn_caches = self._cnn_caches(streams, xs)
+        for stream in streams:
+            if stream.slot is None:
+                self.caches.give(stream)
+        rows = torch.tensor([s.slot for s in streams], device=device)
+        att_caches, cnn_caches = self.caches.read(rows, longest)
         cat_embs = torch.stack([s.cat_emb for s in streams]).to(device=device, dtype=xs.dtype)
         new_att, new_cnn = [], []
         for i, layer in enumerate(enc.encoders):
@@ -128,42 +214,11 @@ class BatchedChunkEncoder:
                 att_cache=att_caches[i] if longest else torch.zeros(0, 0, 0, 0),
                 cnn_cache=cnn_caches[i],
             )
-            new_att.append(layer_att)
+            new_att.append(layer_att[:, :, longest:])  # the chunk's own keys and values
             new_cnn.append(layer_cnn)
         if enc.normalize_before:
             xs = enc.after_norm(xs)
-        att = torch.stack(new_att)  # (layers, B, heads, keys, 2 * d_k)
-        cnn = torch.stack(new_cnn)  # (layers, B, dim, kernel - 1)
-        for b, stream in enumerate(streams):
-            stream.att_cache = torch.cat(
-                [att[:, b, :, : stream.offset], att[:, b, :, longest:]], dim=2
-            )
-            stream.cnn_cache = cnn[:, b]
+        self.caches.write(rows, offsets, torch.stack(new_att), torch.stack(new_cnn))
+        for stream in streams:
             stream.offset += chunk
         return xs
-
-    def _padded_att_caches(
-        self, streams: list[EncoderStream], longest: int, like: torch.Tensor
-    ) -> torch.Tensor:
-        """(layers, B, heads, longest, 2 * d_k), each row's cache at its start."""
-        if not longest:
-            return like.new_zeros(0)
-        first = next(s.att_cache for s in streams if s.att_cache is not None)
-        layers, heads, _, width = first.shape
-        padded = like.new_zeros(layers, len(streams), heads, longest, width)
-        for b, stream in enumerate(streams):
-            if stream.att_cache is not None:
-                padded[:, b, :, : stream.offset] = stream.att_cache
-        return padded
-
-    def _cnn_caches(self, streams: list[EncoderStream], like: torch.Tensor) -> torch.Tensor:
-        """(layers, B, dim, kernel - 1); zeros for a stream's first chunk."""
-        known = next((s.cnn_cache for s in streams if s.cnn_cache is not None), None)
-        if known is None:
-            conv = self.encoder.encoders[0].conv_module
-            layers, dim = len(self.encoder.encoders), like.size(-1)
-            return like.new_zeros(layers, len(streams), dim, conv.lorder)
-        zeros = torch.zeros_like(known)
-        return torch.stack(
-            [s.cnn_cache if s.cnn_cache is not None else zeros for s in streams], dim=1
-        )
