@@ -167,15 +167,14 @@ class LiveStepper:
         beams = PrefixBeams.stack(taken.beams)
         beams.advance(log_probs, torch.from_numpy(used), blank_id=self.model.blank_id)
         quiet = trailing_quiet_frames(blank, used)
-        outputs = []
-        for row, (events, frames) in enumerate(judged):
-            beams.take_frames(row, taken.beams[row])
-            best = taken.beams[row].nbest()[0].best
-            replay = (blank.shape[1] - frames) * self.subsampling
-            outputs.append(
-                StepOutput(best, events, taken.segments[row], int(quiet[row]), frames, replay)
+        bests = beams.split(taken.beams)
+        replay = (blank.shape[1] - used) * self.subsampling
+        return [
+            StepOutput(
+                bests[row], events, taken.segments[row], int(quiet[row]), frames, int(replay[row])
             )
-        return outputs
+            for row, (events, frames) in enumerate(judged)
+        ]
 
 
 def trailing_quiet_frames(
