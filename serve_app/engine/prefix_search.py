@@ -93,9 +93,9 @@ class PrefixBeams:
     """The search's state for a batch of rows, resumable frame after frame.
 
     The offline search runs every frame in one ``advance``; a live stream advances one
-    chunk at a time, and its rows can be taken out of one batch (``row``) and put into
-    another (``stack``) between chunks, so streams that have chunks ready at the same
-    moment share each frame's tensor operations.
+    chunk at a time: single-row states are put into one batch (``stack``) and taken
+    back out (``split``) around each chunk, so streams that have chunks ready at the
+    same moment share each frame's tensor operations.
     """
 
     beam: int
@@ -132,20 +132,17 @@ class PrefixBeams:
         return cls(rows[0].beam, cat("pb"), cat("pnb"), cat("last"), cat("hashes"), [], [])
 
     def split(self, rows: list[PrefixBeams]) -> list[tuple[int, ...]]:
-        """Hand every row's state back to its single-row state (``stack``'s inverse),
-        with the frames advanced since ``stack`` folded into that row's ``prefixes``,
-        and return each row's best prefix.
+        """After ``advance``: hand every row's state back to its single-row state
+        (``stack``'s inverse), with the frames advanced since ``stack`` folded into
+        that row's ``prefixes``, and return each row's best prefix.
 
         A live row keeps each beam's tokens instead of the per-frame history that
         ``nbest`` backtracks: reading a segment's best after every chunk by
         backtracking cost time in proportion to the segment so far (2.7 ms a row at
         20 s), which grew every step's time as segments lengthened.
         """
-        frames = len(self.parents)
-        batch = self.pb.shape[0]
-        empty = np.zeros((batch, 0, self.beam), dtype=np.int64)
-        parents = torch.stack(self.parents, 1).cpu().numpy() if frames else empty
-        emitted = torch.stack(self.emitted, 1).cpu().numpy() if frames else empty
+        parents = torch.stack(self.parents, 1).cpu().numpy()  # (B, frames, beam)
+        emitted = torch.stack(self.emitted, 1).cpu().numpy()
         best_slots = torch.logaddexp(self.pb, self.pnb).argmax(1).tolist()
         bests = []
         for row, into in enumerate(rows):
