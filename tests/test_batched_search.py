@@ -151,3 +151,27 @@ def test_prefix_beams_advanced_chunk_by_chunk_in_changing_batches_equal_the_offl
         )
         assert [stream.prefixes[j] for j in ranked] == offline.hyps
         assert [scores[j] for j in ranked] == pytest.approx(offline.scores, abs=1e-9)
+
+
+def test_rows_that_stop_inside_a_chunk_keep_the_prefixes_of_their_frames_only():
+    """A live row whose segment ends inside a chunk advances only to its stop
+    (``lengths``): what ``split`` hands back equals the offline search over the frames
+    it used, while the rows beside it use the whole chunk."""
+    from serve_app.engine.prefix_search import PrefixBeams
+
+    beam, chunk = 4, 8
+    lp = posteriors(3, 2 * chunk, 30, 3.0, seed=5)
+    rows = [PrefixBeams.start(1, beam, "cpu") for _ in range(3)]
+    together = PrefixBeams.stack(rows)
+    together.advance(lp[:, :chunk])
+    together.split(rows)
+    lengths = torch.tensor([chunk, 5, 1])
+    together = PrefixBeams.stack(rows)
+    together.advance(lp[:, chunk:], lengths)
+    bests = together.split(rows)
+    for i, used in enumerate(lengths.tolist()):
+        done = chunk + used
+        offline = batched_ctc_prefix_beam_search(lp[i : i + 1, :done], torch.tensor([done]), beam)
+        assert bests[i] == offline[0].best
+        scores = torch.logaddexp(rows[i].pb, rows[i].pnb)[0]
+        assert float(scores.max()) == pytest.approx(offline[0].scores[0], abs=1e-9)

@@ -17,6 +17,7 @@ import torch
 from serve_app.engine.model_loader import init_args, locate_model_files, wenet_configs
 from serve_app.engine.streaming import (
     BatchedChunkEncoder,
+    CacheSlots,
     EncoderStream,
     NotStreamable,
     chunk_window,
@@ -146,12 +147,13 @@ def test_streams_stepped_together_with_mixed_offsets_caches_and_styles_equal_eac
 def test_cache_slots_grow_come_back_when_streams_are_dropped_and_carry_nothing_over(
     tiny_model_dir,
 ):
-    """Ten streams outgrow the eight first slots and a segment outgrows the first
-    frames, and each still equals its own forward_chunk run; dropped streams give their
+    """Ten streams outgrow two first slots and their segments the first 16 frames,
+    and each still equals its own forward_chunk run; dropped streams give their
     slots back, and a stream given a slot that held garbage (NaN) is not touched by it,
     so nothing of one caller's stream reaches another's."""
     encoder = _encoder(tiny_model_dir, "abs_pos")
     stepper = BatchedChunkEncoder(encoder)
+    stepper.caches = CacheSlots(encoder, slots=2, frames=16)  # both grow in this test
     utterances = [(_features(3.0, 10 + k), _cat(k % 2)) for k in range(10)]
     streams = [EncoderStream(cat_emb=c) for _, c in utterances]
     windows = [_windows(f, encoder) for f, _ in utterances]
@@ -160,6 +162,9 @@ def test_cache_slots_grow_come_back_when_streams_are_dropped_and_carry_nothing_o
         ours = torch.cat([o[row : row + 1] for o in outs], dim=1)
         torch.testing.assert_close(ours, _one_stream(encoder, feats, cat), atol=ATOL, rtol=0)
     assert stepper.caches.in_use == 10
+    assert stepper.caches.att.size(1) == 16 and stepper.caches.att.size(3) == 128
+    with pytest.raises(ValueError, match="stepper that gave it"):
+        BatchedChunkEncoder(encoder).step(streams[:1], windows[0][0])
     del streams
     assert stepper.caches.in_use == 0
     with torch.inference_mode():  # the caches are inference tensors once grown

@@ -126,8 +126,8 @@ class PrefixBeams:
 
     @classmethod
     def stack(cls, rows: list[PrefixBeams]) -> PrefixBeams:
-        """One batch of single-row states whose histories may differ in length: the
-        history stays with each row (see ``take_frames``)."""
+        """One batch of single-row states, whatever frames each has seen: a row's
+        tokens so far stay in its own ``prefixes`` (see ``split``)."""
         cat = lambda name: torch.cat([getattr(r, name) for r in rows])  # noqa: E731
         return cls(rows[0].beam, cat("pb"), cat("pnb"), cat("last"), cat("hashes"), [], [])
 
@@ -230,7 +230,9 @@ class PrefixBeams:
         self.pb, self.pnb, self.last, self.hashes = pb, pnb, last, hashes
 
     def nbest(self) -> list[PrefixNbest]:
-        """Every row's prefixes so far, best first (the search can go on after this)."""
+        """Every row's prefixes so far, best first (the search can go on after this),
+        backtracked through the frames this state advanced; a live row that ``split``
+        handed back has no frames of its own, its tokens are in ``prefixes``."""
         final = torch.logaddexp(self.pb, self.pnb)
         order = final.argsort(dim=1, descending=True, stable=True)
         batch = final.shape[0]

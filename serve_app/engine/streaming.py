@@ -25,7 +25,7 @@ positional table's 5000 frames, and each segment starts with empty caches).
 
 from __future__ import annotations
 
-import threading
+import collections
 import weakref
 from dataclasses import dataclass
 
@@ -44,6 +44,8 @@ class EncoderStream:
     """Encoder frames this stream has produced (its next chunk's first position)."""
     slot: int | None = None
     """Its row in the stepper's caches; given back when the stream is dropped."""
+    owner: CacheSlots | None = None
+    """The caches the slot is in: another stepper's step would read another stream's."""
 
 
 FRAMES_STEP = 128  # cache frames are added in steps of this (5.12 s of audio)
@@ -59,8 +61,9 @@ class CacheSlots:
     which on a GPU are each a kernel launch. A slot's frames past its stream's offset
     are zeros (a slot is cleared when given out), which is what the padding was, and
     a masked key times zero stays zero. Both tensors grow (slots doubling as streams
-    come, frames by ``FRAMES_STEP`` as segments lengthen) and never shrink: they are
-    sized by the replica's busiest moment.
+    come, frames by ``FRAMES_STEP`` as segments lengthen) and never shrink: they hold
+    the most streams a stepper ever had at once (rounded up to a power of two) times
+    its longest segment, and briefly twice that while growing.
     """
 
     def __init__(self, encoder: torch.nn.Module, slots: int = 8, frames: int = FRAMES_STEP) -> None:
@@ -70,8 +73,11 @@ class CacheSlots:
         layers = len(encoder.encoders)
         self.att = param.new_zeros(layers, slots, attention.h, frames, 2 * attention.d_k)
         self.cnn = param.new_zeros(layers, slots, encoder.output_size(), conv.lorder)
-        self._free = list(range(slots))[::-1]
-        self._lock = threading.Lock()  # streams are dropped on other threads than steps
+        # Free slots. A deque, not a list under a lock: slots come back from finalizers,
+        # which run on whatever thread drops a stream, even inside ``give`` on the
+        # stepping thread (a garbage collection while it allocates); a lock taken there
+        # again would deadlock. deque's append and pop are atomic.
+        self._free = collections.deque(range(slots))
 
     @property
     def in_use(self) -> int:
@@ -80,27 +86,20 @@ class CacheSlots:
     def give(self, stream: EncoderStream) -> None:
         """A cleared slot for a stream's first step. It comes back when the stream is
         dropped (a new segment, a closed session): no caller has to free it, and a
-        stream still in a running step cannot lose it."""
-        with self._lock:
-            if not self._free:
-                have = self.att.size(1)
-                self._grow(slots=2 * have)
-                self._free = list(range(have, 2 * have))[::-1]
-            slot = self._free.pop()
+        stream still in a running step cannot lose it. Steps call this, one at a time."""
+        if not self._free:
+            have = self.att.size(1)
+            self._grow(slots=2 * have)
+            self._free.extend(range(have, 2 * have))
+        slot = self._free.popleft()
         self.att[:, slot].zero_()
         self.cnn[:, slot].zero_()
-        stream.slot = slot
-        weakref.finalize(stream, self._release, slot)
-
-    def _release(self, slot: int) -> None:
-        with self._lock:
-            self._free.append(slot)
+        stream.slot, stream.owner = slot, self
+        weakref.finalize(stream, self._free.append, slot)
 
     def _grow(self, *, slots: int = 0, frames: int = 0) -> None:
         layers, have, heads, length, width = self.att.shape
         slots, frames = max(slots, have), max(frames, length)
-        if (slots, frames) == (have, length):
-            return
         att = self.att.new_zeros(layers, slots, heads, frames, width)
         att[:, :have, :, :length] = self.att
         cnn = self.cnn.new_zeros(layers, slots, *self.cnn.shape[2:])
@@ -112,18 +111,21 @@ class CacheSlots:
         return self.att[:, slots, :, :longest], self.cnn[:, slots]
 
     def write(
-        self, slots: torch.Tensor, offsets: torch.Tensor, att: torch.Tensor, cnn: torch.Tensor
+        self,
+        slots: torch.Tensor,
+        offsets: torch.Tensor,
+        longest: int,
+        att: torch.Tensor,
+        cnn: torch.Tensor,
     ) -> None:
         """Each row's chunk keys and values, (layers, B, heads, chunk, 2 * d_k), at its
-        offset, and its convolution cache."""
+        offset (``longest`` is the largest), and its convolution cache."""
         chunk = att.size(3)
-        needed = int(offsets.max()) + chunk
-        if needed > self.att.size(3):
-            with self._lock:
-                self._grow(frames=-(-needed // FRAMES_STEP) * FRAMES_STEP)
+        if longest + chunk > self.att.size(3):
+            self._grow(frames=-(-(longest + chunk) // FRAMES_STEP) * FRAMES_STEP)
         frames = offsets[:, None] + torch.arange(chunk, device=offsets.device)[None, :]
-        self.att[:, slots[:, None], :, frames] = att.permute(1, 3, 0, 2, 4)
-        self.cnn[:, slots] = cnn
+        self.att[:, slots[:, None], :, frames] = att.permute(1, 3, 0, 2, 4).to(self.att.dtype)
+        self.cnn[:, slots] = cnn.to(self.cnn.dtype)
 
 
 def chunk_window(encoder: torch.nn.Module, chunk_size: int) -> tuple[int, int]:
@@ -201,6 +203,8 @@ class BatchedChunkEncoder:
         for stream in streams:
             if stream.slot is None:
                 self.caches.give(stream)
+            elif stream.owner is not self.caches:
+                raise ValueError("a stream is stepped by the stepper that gave it its caches")
         rows = torch.tensor([s.slot for s in streams], device=device)
         att_caches, cnn_caches = self.caches.read(rows, longest)
         cat_embs = torch.stack([s.cat_emb for s in streams]).to(device=device, dtype=xs.dtype)
@@ -218,7 +222,7 @@ class BatchedChunkEncoder:
             new_cnn.append(layer_cnn)
         if enc.normalize_before:
             xs = enc.after_norm(xs)
-        self.caches.write(rows, offsets, torch.stack(new_att), torch.stack(new_cnn))
+        self.caches.write(rows, offsets, longest, torch.stack(new_att), torch.stack(new_cnn))
         for stream in streams:
             stream.offset += chunk
         return xs

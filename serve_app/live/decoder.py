@@ -1,7 +1,8 @@
 """Partial transcripts of many live streams, one batched chunk step at a time.
 
 Each :class:`LiveStream` turns pushed audio into fbank frames (incrementally) and keeps
-its encoder caches, its prefix-search beams and its endpointer. :class:`LiveStepper`
+its encoder position (the caches are in the stepper's slots), its prefix-search beams
+and its endpointer. :class:`LiveStepper`
 takes every stream that has a full chunk window and runs **one** encoder step for all
 of them, then the CTC log-softmax, the blank probabilities for endpointing and one
 prefix-search advance, all on the model's device; only the blank probabilities and
