@@ -94,7 +94,7 @@ class PacedStream:
                 return
             self.stream.push(self.audio[at : at + piece])
             self.pieces_pushed += 1
-            pending = self.stream.pending.size(0)
+            pending = self.stream.frames_ready
             windows = (
                 0 if pending < stepper.window else 1 + (pending - stepper.window) // stepper.stride
             )

@@ -17,7 +17,9 @@ def test_fbank_pushed_in_pieces_equals_the_fbank_of_all_the_samples(piece_sizes)
     live, frames, at, i = IncrementalFbank(), [], 0, 0
     while at < len(samples):
         size = piece_sizes[i % len(piece_sizes)]
+        expected = live.frames_after(len(samples[at : at + size]))
         frames.append(live.push(samples[at : at + size]))
+        assert frames[-1].shape[0] == expected
         at, i = at + size, i + 1
     pieces = torch.cat(frames)
     whole = fbank(samples)

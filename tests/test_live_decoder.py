@@ -96,3 +96,16 @@ def test_after_a_stop_inside_a_chunk_the_next_segment_decodes_from_the_stop(tiny
             stream.new_segment(out.replay)
             segment_start, replayed = stream.endpointer.frame, out.replay > 0
     assert compared >= 3
+
+
+def test_a_stream_counts_its_frames_before_computing_them():
+    """Appends only keep samples; the frames are computed when a step takes a window,
+    and until then the stream still says how many it has (the step loop and the
+    session's backlog limit read that)."""
+    stream = LiveStream(1.0, beam_size=2, device=torch.device("cpu"))
+    for _ in range(10):
+        stream.push(np.zeros(640, np.float32))  # 40 ms
+    assert stream.pending.size(0) == 0 and stream.frames_ready == 1 + (6400 - 400) // 160
+    assert stream.has_chunk(38) and not stream.has_chunk(39)
+    window = stream.take_window(35, 32)
+    assert window.shape == (35, 80) and stream.frames_ready == 38 - 32

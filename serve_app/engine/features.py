@@ -79,6 +79,11 @@ class IncrementalFbank:
         self._length = round(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
         self._shift = round(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)
 
+    def frames_after(self, samples: int) -> int:
+        """How many new frames ``push`` of that many more samples would return."""
+        total = len(self._tail) + samples
+        return 0 if total < self._length else 1 + (total - self._length) // self._shift
+
     def push(self, samples: np.ndarray) -> torch.Tensor:
         """(new frames, mel bins) for 16 kHz float samples in [-1, 1]."""
         buffer = np.concatenate([self._tail, np.asarray(samples, np.float32)])
