@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from serve_app.engine.formats import RESPONSE_FORMATS
 from serve_app.engine.options import DECODING_MODES
@@ -32,7 +32,7 @@ def demo_model(path: Path = DEMO_MODEL_DIR) -> Path:
     return path
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> NoReturn:
     """Serve the config in the foreground; Ctrl-C stops Serve and the local Ray it started."""
     demo_model()
     sample = DEMO_SAMPLE.relative_to(ROOT)
@@ -49,8 +49,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("or stream a file at real time over the realtime WebSocket (openai SDK):")
     print(f"  .venv/bin/python examples/realtime_stream.py {sample}", flush=True)
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    serve_bin = Path(sys.executable).parent / "serve"
-    return subprocess.call([str(serve_bin), "run", str(config)], env=env, cwd=ROOT)
+    serve_bin = str(Path(sys.executable).parent / "serve")
+    # Become `serve run` (same PID) rather than wait on it: a SIGTERM to this process
+    # (a process manager's stop, `kill`, make passing it on) must reach Serve, which
+    # then ends the local Ray it started. As a child it was left running, Ray and all.
+    os.chdir(ROOT)
+    os.execve(serve_bin, [serve_bin, "run", str(config)], env)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
