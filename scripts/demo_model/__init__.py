@@ -21,7 +21,8 @@ package so that each step can be read, tested and imported on its own:
    transcripts, global CMVN from the first pool's features, and a small model with
    reverb_asr_v1's config structure (conformer encoder with language-specific layers,
    ``lslbitransformer`` decoder, cat_emb length 2, pass_cat_emb).
-5. ``losses`` and ``train``: CTC + attention loss plus onset cross-entropy and guided
+5. ``batches``, ``losses`` and ``train``: length-sorted batches with SpecAugment, CTC +
+   attention loss plus onset cross-entropy and guided
    cross-attention, with dynamic chunk training (the encoder is causal, as Reverb's, so
    the model streams). Verbatim targets train with cat_emb [1, 0], non-verbatim ones
    with [0, 1].

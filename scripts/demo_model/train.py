@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scripts.demo_model.data import Example, ExampleStream, collate, make_batches
+from scripts.demo_model.batches import collate, make_batches
+from scripts.demo_model.data import Example, ExampleStream
 from scripts.demo_model.evaluate import greedy_wer
 from scripts.demo_model.losses import CrossAttentionProbe, forward_with_onsets
 
