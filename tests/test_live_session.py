@@ -152,7 +152,7 @@ def test_trailing_quiet_frames_counts_blanks_after_the_last_spike():
             [0.9, 0.9, 0.9, 0.9, 0.2],  # spike on the last frame
         ]
     )
-    assert trailing_quiet_frames(blank).tolist() == [3, 5, 0]
+    assert trailing_quiet_frames(blank, np.full(3, blank.shape[1])).tolist() == [3, 5, 0]
     # A segment that stopped inside the chunk counts only the frames it used: the
     # third row's spike is past its 4 frames.
     assert trailing_quiet_frames(blank, np.array([3, 2, 4])).tolist() == [1, 2, 4]

@@ -204,7 +204,9 @@ class BatchedChunkEncoder:
             if stream.slot is None:
                 self.caches.give(stream)
             elif stream.owner is not self.caches:
-                raise ValueError("a stream is stepped by the stepper that gave it its caches")
+                raise ValueError(
+                    "a stream can only be stepped by the stepper that gave it its caches"
+                )
         rows = torch.tensor([s.slot for s in streams], device=device)
         att_caches, cnn_caches = self.caches.read(rows, longest)
         cat_embs = torch.stack([s.cat_emb for s in streams]).to(device=device, dtype=xs.dtype)

@@ -197,13 +197,12 @@ class LiveStepper:
 
 
 def trailing_quiet_frames(
-    blank: np.ndarray, used: np.ndarray | None = None, threshold: float = SPIKE_THRESHOLD
+    blank: np.ndarray, used: np.ndarray, threshold: float = SPIKE_THRESHOLD
 ) -> np.ndarray:
-    """Per row of (rows, frames) blank probabilities, over its first ``used`` frames
-    (all by default): the frames after the last spike (a frame whose blank probability
-    is under ``threshold``), or all of them if none."""
-    rows, frames = blank.shape
-    used = np.full(rows, frames) if used is None else used
+    """Per row of (rows, frames) blank probabilities, over its first ``used`` frames:
+    the frames after the last spike (a frame whose blank probability is under
+    ``threshold``), or all of them if none."""
+    frames = blank.shape[1]
     spike = (blank < threshold) & (np.arange(frames) < used[:, None])
     last_from_end = spike[:, ::-1].argmax(axis=1)  # counted from the chunk's end
     return np.where(spike.any(axis=1), last_from_end - (frames - used), used)
