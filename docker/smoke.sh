@@ -17,7 +17,8 @@
 #      a hub on 127.0.0.1 (a stand-in that serves the bundled demo model in the hub's
 #      API and file layout; HF_ENDPOINT points the container at it), /readyz turns 200;
 #   4. a real clip is transcribed through the `openai` SDK and its text checked against
-#      tests/data/demo/manifest.json; every process in the container runs as uid 1000;
+#      tests/data/demo/manifest.json, as a file, as an SSE stream and live over the
+#      realtime WebSocket; every process in the container runs as uid 1000;
 #      Ray's metrics port answers with the app's ray_reverb_* metrics;
 #   5. `docker stop` ends it within the grace period with exit code 0;
 #   6. a second container on the same volume becomes ready, transcribes, and fetched
@@ -125,21 +126,22 @@ RAY_ARGS+=" --ray-client-server-port=$CLIENT_PORT --num-cpus=2 --num-gpus=0"
 import sys, yaml
 config = yaml.safe_load(open("configs/single_gpu.yaml"))
 config["http_options"].update(host="127.0.0.1", port=int(sys.argv[2]))
-(app,) = config["applications"]
-assert app["args"]["model"] == "reverb_asr_v1" and app["args"]["cache_dir"] == "/models"
-app["args"].update(device="cpu", num_gpus=0, num_cpus=1)
-for deployment in app["deployments"]:
-    deployment["ray_actor_options"].update(num_gpus=0)
-    deployment["ray_actor_options"]["num_cpus"] = 0.5 if deployment["name"] == "Ingress" else 1
+cpus = {"Ingress": 0.5, "Transcriber": 0.75, "Realtime": 0.75}  # --num-cpus=2 below
+for app in config["applications"]:
+    assert app["args"]["model"] == "reverb_asr_v1" and app["args"]["cache_dir"] == "/models"
+    app["args"].update(device="cpu", num_gpus=0, num_cpus=1)
+    for deployment in app["deployments"]:
+        deployment["ray_actor_options"].update(num_gpus=0, num_cpus=cpus[deployment["name"]])
 yaml.safe_dump(config, open(sys.argv[1], "w"), sort_keys=False)
 EOF
 chmod 644 "$WORK/smoke.yaml"
 
 # A stand-in for the hub on 127.0.0.1 (tests/hub_server.py, the one the download tests
 # use): the API calls and file layout huggingface_hub's snapshot_download uses, serving
-# the bundled demo model as Revai/reverb-asr. Every request is logged, so the second
-# start can show that no model file was fetched again.
-"$PY" tests/hub_server.py "$HUB_PORT" Revai/reverb-asr models/demo "$WORK/hub.log" &
+# the bundled streaming demo model (causal, as Reverb is, so the realtime app takes it)
+# as Revai/reverb-asr. Every request is logged, so the second start can show that no
+# model file was fetched again.
+"$PY" tests/hub_server.py "$HUB_PORT" Revai/reverb-asr models/demo-live "$WORK/hub.log" &
 HUB_PID=$!
 for _ in $(seq 50); do
   curl -fsS -o /dev/null "http://127.0.0.1:$HUB_PORT/api/models/Revai/reverb-asr/revision/main" 2>/dev/null && break
@@ -179,7 +181,10 @@ start_container() {  # name -> starts it, waits for /readyz 200
     sleep 2
   done
   step "   $(label "$name") start to /readyz 200" "$(took "$t")"
-  docker logs "$name" 2>&1 | grep -q 'Token authentication is enabled' ||
+  # To a file first: with pipefail, `docker logs | grep -q` fails when grep's early exit
+  # cuts docker logs off (SIGPIPE) on a log long enough to be still being written.
+  docker logs "$name" >"$WORK/$name.log" 2>&1
+  grep -q 'Token authentication is enabled' "$WORK/$name.log" ||
     fail "$name: Ray's token authentication is not on"
   log "/readyz: $(head -c 300 "$WORK/readyz.json")"
 }
@@ -216,6 +221,10 @@ transcribe "$RUN_ID-1"
 t=$(now)
 "$PY" docker/smoke_client.py "$HTTP_PORT" "$CLIP" stream
 step "   first start:  SSE stream (openai SDK) and a 415 for non-audio" "$(took "$t")"
+
+t=$(now)
+"$PY" docker/smoke_client.py "$HTTP_PORT" "$CLIP" live
+step "   first start:  live session over /v1/realtime (openai SDK), finals" "$(took "$t")"
 
 t=$(now)
 docker top "$RUN_ID-1" -eo uid,pid,comm >"$WORK/top.txt"

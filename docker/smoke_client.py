@@ -2,22 +2,34 @@
 
 ``python docker/smoke_client.py PORT CLIP transcribe`` checks a verbose_json
 transcription's text against tests/data/demo/manifest.json; ``... stream`` checks the
-SSE stream's final text and that an upload that is not audio gets 415. Exits non-zero,
+SSE stream's final text and that an upload that is not audio gets 415; ``... live``
+streams the clip over the realtime WebSocket with the SDK's realtime client (paced at
+real time, server VAD on, as ``examples/realtime_stream.py`` does) and checks that
+deltas came and that the turns' finals join into the manifest's text. Exits non-zero,
 with the reason, on any difference: the shell script only reports the step.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import json
 import re
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import openai
 from openai import OpenAI
 
 DATA = Path("tests/data/demo")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from realtime_stream import PIECE_S, RATE, pcm16_at_24k  # noqa: E402
 
 
 def words(text: str) -> list[str]:
@@ -58,13 +70,83 @@ def stream_and_refuse(client: OpenAI, clip: Path, expected: str) -> None:
         sys.exit("an upload that is not audio was accepted")
 
 
+@contextlib.contextmanager
+def connected(client: OpenAI, wait_s: float = 60) -> Iterator[Any]:
+    """A realtime connection, retried while the realtime app is still starting (/readyz
+    is the file API's; the Realtime replica loads its own copy of the model)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn = client.realtime.connect(extra_query={"intent": "transcription"}).enter()
+            break
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                sys.exit(f"no realtime connection after {wait_s:g} s: {exc!r}")
+            time.sleep(1)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def live(client: OpenAI, clip: Path, expected: str) -> None:
+    """One realtime session: the clip and a second of silence at real time, then a
+    commit for anything the server's VAD has not ended; every item must complete."""
+    pcm = np.concatenate([pcm16_at_24k(clip), np.zeros(RATE, "<i2")])
+    step = int(RATE * PIECE_S)
+    sent = threading.Event()
+    deltas, finals, problems, open_items = [], [], [], set()
+    with connected(client) as conn:
+        conn.session.update(
+            session={
+                "type": "transcription",
+                "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE}}},
+            }
+        )
+
+        def send() -> None:
+            start = time.monotonic()
+            for i, at in enumerate(range(0, pcm.size, step)):
+                time.sleep(max(0.0, start + i * PIECE_S - time.monotonic()))
+                piece = base64.b64encode(pcm[at : at + step].tobytes()).decode()
+                conn.input_audio_buffer.append(audio=piece)
+            sent.set()  # before the commit: its answer may come back first
+            conn.input_audio_buffer.commit(event_id="end")
+
+        threading.Thread(target=send, daemon=True).start()
+        answered, deadline = False, time.monotonic() + 120
+        while not (answered and not open_items):
+            if time.monotonic() > deadline:
+                sys.exit(f"live session unfinished after 120 s: {finals!r}")
+            event = conn.recv()
+            if event.type == "input_audio_buffer.committed":
+                open_items.add(event.item_id)
+                answered = sent.is_set()
+            elif event.type.endswith("input_audio_transcription.delta"):
+                deltas.append(event.delta)
+            elif event.type.endswith("input_audio_transcription.completed"):
+                open_items.discard(event.item_id)
+                finals.append(event.transcript)
+            elif event.type.endswith("input_audio_transcription.failed"):
+                open_items.discard(event.item_id)
+                problems.append(event.error.message)
+            elif event.type == "error":
+                if getattr(event.error, "event_id", None) == "end":
+                    answered = True  # the VAD had ended every turn: nothing left to commit
+                else:
+                    problems.append(event.error.message)
+    print(f"  live: {len(deltas)} deltas {''.join(deltas)!r}; finals {finals!r}")
+    if problems or not deltas or words(" ".join(finals)) != words(expected):
+        sys.exit(f"live session differs from the manifest: {problems or finals!r}")
+
+
 def main(port: str, clip_name: str, check: str) -> None:
     manifest = json.loads((DATA / "manifest.json").read_text())
     (expected,) = [c["text"] for c in manifest["clips"] if c["file"] == clip_name]
     client = OpenAI(
         base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300
     )
-    checks = {"transcribe": transcribe, "stream": stream_and_refuse}
+    checks = {"transcribe": transcribe, "stream": stream_and_refuse, "live": live}
     checks[check](client, DATA / clip_name, expected)
 
 

@@ -622,31 +622,40 @@ def test_serve_config_matches_the_container(path):
 
 
 def test_single_gpu_config_fits_one_gpu_and_a_small_box():
+    """One box: the file API's Transcriber and the live sessions' Realtime replica share
+    its one GPU, both on the volume's model, each stops within compose's grace period."""
     config = yaml.safe_load(SINGLE_GPU_CONFIG.read_text())
-    (app,) = config["applications"]
-    args = app["args"]
-    assert (args["model"], args["cache_dir"], args["device"]) == (
-        "reverb_asr_v1",
-        CACHE_DIR,
-        "cuda",
-    )
-    deployments = {d["name"]: d for d in app["deployments"]}
-    ingress, transcriber = deployments["Ingress"], deployments["Transcriber"]
-    assert ingress["num_replicas"] == 1 and ingress["ray_actor_options"]["num_cpus"] == 1
-    assert transcriber["num_replicas"] == 1 and transcriber["ray_actor_options"]["num_gpus"] == 1
+    apps = {app["import_path"].rsplit(":", 1)[1]: app for app in config["applications"]}
+    assert set(apps) == {"build_app", "build_realtime_app"}
+    deployments = {d["name"]: d for app in apps.values() for d in app["deployments"]}
+    assert set(deployments) == {"Ingress", "Transcriber", "Realtime"}
+    for app in apps.values():
+        args = app["args"]
+        assert (args["model"], args["cache_dir"], args["device"]) == (
+            "reverb_asr_v1",
+            CACHE_DIR,
+            "cuda",
+        )
+        # Offline is the operator's choice (the container's environment), and no key ships.
+        env = (app.get("runtime_env") or {}).get("env_vars") or {}
+        assert "HF_HUB_OFFLINE" not in env
+        assert "api_key" not in args
+        assert not any("KEY" in name for name in env), env
+    assert apps["build_realtime_app"]["args"]["transcription_app"] == apps["build_app"]["name"]
+    ingress = deployments["Ingress"]
+    assert ingress["ray_actor_options"]["num_cpus"] == 1
+    assert ingress["ray_actor_options"]["num_gpus"] == 0
     for deployment in deployments.values():
+        assert deployment["num_replicas"] == 1, deployment["name"]
         assert "autoscaling_config" not in deployment, deployment["name"]
-        assert deployment.get("num_replicas") != "auto"
-    cpus = sum(d["ray_actor_options"]["num_cpus"] * d["num_replicas"] for d in deployments.values())
-    assert cpus <= 3, "leave a core of a 4-core box to Ray itself and the proxy"
-    # Offline is the operator's choice (the container's environment), and no key ships.
-    env = (app.get("runtime_env") or {}).get("env_vars") or {}
-    assert "HF_HUB_OFFLINE" not in env
-    assert "api_key" not in args
-    assert not any("KEY" in name for name in env), env
+    gpus = sum(d["ray_actor_options"]["num_gpus"] for d in deployments.values())
+    assert gpus == 1, "both model replicas on the one GPU"
+    cpus = sum(d["ray_actor_options"]["num_cpus"] for d in deployments.values())
+    assert cpus <= 4, "leave the cores of a 6-core box beyond 4 to Ray itself and the proxy"
     # A graceful stop fits in compose's grace period.
     grace = seconds(service()["stop_grace_period"])
-    assert transcriber["graceful_shutdown_timeout_s"] < grace
+    for name in ("Transcriber", "Realtime"):
+        assert deployments[name]["graceful_shutdown_timeout_s"] < grace, name
 
 
 # --- health-check commands, run for real ---------------------------------------------

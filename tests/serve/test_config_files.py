@@ -23,7 +23,13 @@ from serve_app.serve.transcriber_deployment import Transcriber
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILES = [REPO_ROOT / "serve_config.yaml", *sorted((REPO_ROOT / "configs").glob("*.yaml"))]
-EXPECTED_GPUS = {"serve_config.yaml": 1, "local.yaml": 0, "multi_gpu.yaml": 1, "single_gpu.yaml": 1}
+# The Transcriber's share of a GPU (single_gpu.yaml: half, the Realtime replica has the rest).
+EXPECTED_GPUS = {
+    "serve_config.yaml": 1,
+    "local.yaml": 0,
+    "multi_gpu.yaml": 1,
+    "single_gpu.yaml": 0.5,
+}
 TRANSCRIPTION = "serve_app.app:build_app"
 REALTIME = "serve_app.app:build_realtime_app"
 
@@ -80,6 +86,25 @@ def test_named_deployments_exist_and_are_sized_consistently(path):
         assert ingress["max_queued_requests"] >= args.ingress_max_ongoing_requests
         if "max_ongoing_requests" in ingress:
             assert ingress["max_ongoing_requests"] >= args.ingress_max_ongoing_requests
+
+
+GPUS_ON_THE_BOX = {"local.yaml": 0, "single_gpu.yaml": 1, "multi_gpu.yaml": 8}
+
+
+@pytest.mark.parametrize("name", sorted(GPUS_ON_THE_BOX))
+def test_every_replica_at_its_most_fits_the_box_the_file_is_for(name):
+    """The files for one box: the file API's and the live sessions' replicas, scaled up as
+    far as they may go, never ask for more GPUs than the box has (Serve would leave the
+    extra ones pending for ever, silently)."""
+    config = _load(REPO_ROOT / "configs" / name)
+    wanted = 0.0
+    for app in config["applications"]:
+        for deployment in app["deployments"]:
+            scaling = deployment.get("autoscaling_config") or {}
+            replicas = scaling.get("max_replicas", deployment.get("num_replicas", 1))
+            wanted += replicas * deployment["ray_actor_options"]["num_gpus"]
+    assert wanted <= GPUS_ON_THE_BOX[name]
+    assert _apps(REPO_ROOT / "configs" / name, REALTIME), "every box serves live sessions too"
 
 
 def test_production_serves_reverb_on_port_8765():
