@@ -384,7 +384,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def test_metric_list_is_what_was_agreed():
-    assert len(REVERB_METRICS) == 19
+    assert len(REVERB_METRICS) == 28  # 9 Ingress, 10 Transcriber, 9 Realtime
     for name, kind in METRICS.items():
         assert kind in ("counter", "gauge", "histogram")
         assert name.startswith(("ray_reverb_", "ray_serve_"))

@@ -24,6 +24,7 @@ from fastapi import FastAPI, WebSocket
 from serve_app.engine.options import DecodeOptions
 from serve_app.engine.transcriber import Transcriber
 from serve_app.serve.realtime_config import RealtimeConfig
+from serve_app.serve.realtime_observer import RealtimeObserver
 from serve_app.serve.realtime_sessions import RealtimeSessions
 from tests.local_server import serving
 from tests.never_reads import NeverReads
@@ -134,7 +135,9 @@ def _talk(ws, audio: np.ndarray) -> list[dict]:
     return events
 
 
-def test_one_sessions_fault_in_the_step_loop_leaves_the_other_session_whole(replica, synth):
+def test_one_sessions_fault_in_the_step_loop_leaves_the_other_session_whole(
+    replica, recorder, synth
+):
     audio = [synth(5.0, seed=31), synth(5.0, seed=32)]
     exact = [(np.clip(a, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768 for a in audio]
     with _connect(replica) as faulty, _connect(replica) as healthy:
@@ -159,6 +162,8 @@ def test_one_sessions_fault_in_the_step_loop_leaves_the_other_session_whole(repl
         name: [e for e in events if e.get("error", {}).get("code") == "step_failed"]
         for name, events in results.items()
     }
+    faults = [c for c in recorder.calls if c[0] == "step_failed"]
+    assert faults and all(rows == 1 for _, rows in faults)  # the broken session's alone
     assert len(results) == 2
     assert sorted(len(v) > 0 for v in failed_steps.values()) == [False, True]
     for (name, events), want in zip(sorted(results.items()), exact, strict=True):
@@ -168,3 +173,59 @@ def test_one_sessions_fault_in_the_step_loop_leaves_the_other_session_whole(repl
         deltas = "".join(e["delta"] for e in events if e["type"].endswith("delta"))
         if not failed_steps[name]:
             assert deltas.strip(), "the healthy session got no partials"
+
+
+class Recorder(RealtimeObserver):
+    """Every observer call, in order, as (name, args)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattribute__(self, name: str):
+        if name in RealtimeObserver.__dict__ and not name.startswith("_"):
+            return lambda *args: object.__getattribute__(self, "calls").append((name, *args))
+        return object.__getattribute__(self, name)
+
+
+@pytest.fixture
+def recorder(replica) -> Iterator[Recorder]:
+    recorder = Recorder()
+    replica.sessions.observer = recorder
+    yield recorder
+    replica.sessions.observer = RealtimeObserver()
+
+
+def test_the_observer_hears_sessions_refusals_steps_and_turns(replica, recorder, synth):
+    """What the metrics are made of: opened and ended sessions with the count left open,
+    a refused intent and a refusal past the limit, every batched step's rows and time,
+    and each turn's final with its audio."""
+    from websockets.sync.client import connect
+
+    audio = synth(2.0, seed=33)
+    with _connect(replica) as ws:
+        events = _talk(ws, audio)
+        assert events[-1]["type"].endswith("transcription.completed")
+        with connect(replica.url + "?intent=conversation", open_timeout=30) as refused:
+            assert json.loads(refused.recv(timeout=30))["error"]["code"] == "invalid_intent"
+        held = [_connect(replica) for _ in range(3)]  # with ws: the limit of 4
+        try:
+            with _connect(replica) as extra:
+                error = json.loads(extra.recv(timeout=30))["error"]
+                assert error["code"] == "session_limit_reached"
+        finally:
+            for h in held:
+                h.close()
+    assert _wait(lambda: not replica.sessions.sessions, 30)
+    calls = recorder.calls
+    opened = [c for c in calls if c[0] == "session_opened"]
+    ended = [c for c in calls if c[0] == "session_ended"]
+    assert [c[1] for c in opened] == [1, 2, 3, 4]
+    assert sorted(c[2] for c in ended) == [0, 1, 2, 3] and {c[1] for c in ended} == {"closed"}
+    refusals = [c[1] for c in calls if c[0] == "session_refused"]
+    assert refusals == ["invalid_intent", "session_limit_reached"]
+    steps = [c for c in calls if c[0] == "step_done"]
+    assert steps and all(rows == 1 and 0 < seconds < 30 for _, rows, seconds in steps)
+    (turn,) = [c for c in calls if c[0] == "turn_ended"]
+    assert turn[1] is True and 0 < turn[2] < 60
+    assert turn[3] == pytest.approx(audio.size / 16000, abs=0.01)
+    assert not [c for c in calls if c[0] == "step_failed"]

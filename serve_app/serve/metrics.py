@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from serve_app.pipeline import PipelineObserver
+from serve_app.serve.realtime_observer import RealtimeObserver
 
 if TYPE_CHECKING:  # the engine's decoder imports torch; keep this module light
     from serve_app.engine.decoder import BatchReport
@@ -23,6 +24,8 @@ SECONDS_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 RTF_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
 """Decode seconds per audio second: an H200 batch sits near the bottom, a CPU one higher."""
 EFFICIENCY_BUCKETS = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0]
+STEP_SECONDS_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28]
+"""A live step must stay under its chunk's duration (0.32 s for 8 frames, 0.64 s for 16)."""
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames
 CLIENT_CLOSED_REQUEST = 499
 """The status the edge records for a client that hung up before any answer."""
@@ -50,6 +53,16 @@ EXPORTED_METRICS: dict[str, str] = {
     "ray_reverb_transcriber_batch_seconds": "histogram",
     "ray_reverb_transcriber_batch_rtf": "histogram",
     "ray_reverb_transcriber_batch_padding_efficiency": "histogram",
+    # Realtime
+    "ray_reverb_realtime_sessions": "gauge",
+    "ray_reverb_realtime_session_ends_total": "counter",
+    "ray_reverb_realtime_refusals_total": "counter",
+    "ray_reverb_realtime_step_rows": "histogram",
+    "ray_reverb_realtime_step_seconds": "histogram",
+    "ray_reverb_realtime_step_failures_total": "counter",
+    "ray_reverb_realtime_turns_total": "counter",
+    "ray_reverb_realtime_final_seconds": "histogram",
+    "ray_reverb_realtime_turn_audio_seconds_total": "counter",
 }
 """Every metric defined below, as Ray exports it (``ray_`` prefixed), and its Prometheus
 type: what dashboards may query. ``tests/serve/reliability/test_metrics.py`` checks
@@ -219,3 +232,79 @@ class IngressMetrics(PipelineObserver):
     def queue_changed(self, audio_ahead_s: float, queued: int) -> None:
         self.queue_audio.set(audio_ahead_s)
         self.queued.set(queued)
+
+
+class RealtimeMetrics(RealtimeObserver):
+    """One realtime replica's sessions, refusals, batched steps and turn finals, as
+    Prometheus: what shows whether the replica keeps up (step time against the chunk's
+    duration, streams per step) and what its callers got."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
+        self.sessions = Gauge(
+            "reverb_realtime_sessions", description="Live sessions open on the replica."
+        )
+        self.ends = Counter(
+            "reverb_realtime_session_ends_total",
+            description="Live sessions ended, by reason (closed by the client, expired at "
+            "max_session_s, slow_reader: its events went unread, error).",
+            tag_keys=("reason",),
+        )
+        self.refusals = Counter(
+            "reverb_realtime_refusals_total",
+            description="WebSockets refused before a session began, by code "
+            "(unauthorized, invalid_intent, session_limit_reached).",
+            tag_keys=("code",),
+        )
+        self.step_rows = Histogram(
+            "reverb_realtime_step_rows",
+            description="Sessions decoded together in one batched chunk step.",
+            boundaries=BATCH_SIZE_BUCKETS,
+        )
+        self.step_seconds = Histogram(
+            "reverb_realtime_step_seconds",
+            description="Time of one batched chunk step; above the chunk's duration "
+            "(0.32 s at chunk_size 8) the replica falls behind real time.",
+            boundaries=STEP_SECONDS_BUCKETS,
+        )
+        self.step_failures = Counter(
+            "reverb_realtime_step_failures_total",
+            description="Sessions whose batched step raised (each got an error event).",
+        )
+        self.turns = Counter(
+            "reverb_realtime_turns_total",
+            description="Turns whose final came back (completed) or failed.",
+            tag_keys=("outcome",),
+        )
+        self.final_seconds = Histogram(
+            "reverb_realtime_final_seconds",
+            description="Time from a turn's commit to its final transcript.",
+            boundaries=SECONDS_BUCKETS,
+        )
+        self.turn_audio = Counter(
+            "reverb_realtime_turn_audio_seconds_total",
+            description="Seconds of audio in the turns sent for a final.",
+        )
+
+    def session_opened(self, open_sessions: int) -> None:
+        self.sessions.set(open_sessions)
+
+    def session_ended(self, reason: str, open_sessions: int) -> None:
+        self.sessions.set(open_sessions)
+        self.ends.inc(tags={"reason": reason})
+
+    def session_refused(self, code: str) -> None:
+        self.refusals.inc(tags={"code": code})
+
+    def step_done(self, rows: int, seconds: float) -> None:
+        self.step_rows.observe(rows)
+        self.step_seconds.observe(seconds)
+
+    def step_failed(self, rows: int) -> None:
+        self.step_failures.inc(rows)
+
+    def turn_ended(self, completed: bool, seconds: float, audio_seconds: float) -> None:
+        self.turns.inc(tags={"outcome": "completed" if completed else "failed"})
+        self.final_seconds.observe(seconds)
+        self.turn_audio.inc(audio_seconds)

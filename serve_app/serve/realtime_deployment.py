@@ -25,6 +25,7 @@ from fastapi import FastAPI, WebSocket
 from ray import serve
 
 from serve_app.engine.options import DecodeOptions
+from serve_app.serve.metrics import RealtimeMetrics
 from serve_app.serve.realtime_config import RealtimeConfig
 from serve_app.serve.realtime_sessions import RealtimeSessions
 from serve_app.serve.transcriber_deployment import load_configured_model
@@ -65,7 +66,9 @@ class Realtime:
 
     def __init__(self, config: RealtimeConfig) -> None:
         self.config = config
-        self.sessions = RealtimeSessions(config, load_configured_model(config), self._final)
+        self.sessions = RealtimeSessions(
+            config, load_configured_model(config), self._final, RealtimeMetrics()
+        )
         self._transcription: Any = None
 
     async def _final(self, audio: np.ndarray, options: DecodeOptions) -> str:

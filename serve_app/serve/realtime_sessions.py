@@ -17,10 +17,13 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 
+import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from serve_app.engine.model import ReverbModel
+from serve_app.engine.options import DecodeOptions
 from serve_app.live.decoder import LiveStepper, LiveStream
 from serve_app.live.protocol import (
     ProtocolError,
@@ -28,8 +31,9 @@ from serve_app.live.protocol import (
     error_event,
     parse_client_event,
 )
-from serve_app.live.session import FinalTranscriber, LiveSession
+from serve_app.live.session import SAMPLE_RATE, FinalTranscriber, LiveSession
 from serve_app.serve.realtime_config import RealtimeConfig
+from serve_app.serve.realtime_observer import RealtimeObserver
 
 log = logging.getLogger("ray.serve")
 
@@ -51,9 +55,14 @@ class RealtimeSessions:
     """One replica's live sessions, their step loop and their model."""
 
     def __init__(
-        self, config: RealtimeConfig, model: ReverbModel, finals: FinalTranscriber
+        self,
+        config: RealtimeConfig,
+        model: ReverbModel,
+        finals: FinalTranscriber,
+        observer: RealtimeObserver | None = None,
     ) -> None:
         self.config = config
+        self.observer = observer or RealtimeObserver()
         self.api_key = config.resolve_api_key()
         self.model = model
         self.steppers = {size: LiveStepper(model, size) for size in (8, 16)}
@@ -66,6 +75,7 @@ class RealtimeSessions:
     async def serve_session(self, websocket: WebSocket) -> None:
         subprotocol = self._authorized(websocket)
         if subprotocol is False:
+            self.observer.session_refused("unauthorized")
             await websocket.close(code=1008, reason="missing or incorrect API key")
             return
         await websocket.accept(subprotocol=subprotocol or None)
@@ -84,14 +94,16 @@ class RealtimeSessions:
             )
             return
         self._start_loop()
-        session = LiveSession(self._new_stream, self._detokenize, self._finals)
+        session = LiveSession(self._new_stream, self._detokenize, self._timed_final)
         self.sessions.add(session)
+        self.observer.session_opened(len(self.sessions))
         sender = asyncio.create_task(self._send_events(websocket, session))
-        reads = True
+        reads, ended = True, "error"
         try:
             async with asyncio.timeout(self.config.max_session_s):
                 await self._receive_events(websocket, session)
         except TimeoutError:
+            ended = "expired"
             session.abandon_turn("The session reached its time limit.", "session_expired")
             session.outbox.put_nowait(
                 error_event(
@@ -103,11 +115,12 @@ class RealtimeSessions:
                 )
             )
         except WebSocketDisconnect:
-            pass
+            ended = "closed"
         except SlowReader:
-            reads = False
+            reads, ended = False, "slow_reader"
         finally:
             self.sessions.discard(session)
+            self.observer.session_ended(ended, len(self.sessions))
             await session.drain()
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -152,6 +165,7 @@ class RealtimeSessions:
     async def _refuse(
         self, websocket: WebSocket, message: str, code: str, close_code: int = 1008
     ) -> None:
+        self.observer.session_refused(code)
         await websocket.send_text(json.dumps(error_event(ProtocolError(message, code=code))))
         await websocket.close(code=close_code, reason=code)
 
@@ -178,6 +192,17 @@ class RealtimeSessions:
         return False
 
     # ------------------------------------------------------------------ sessions
+
+    async def _timed_final(self, audio: np.ndarray, options: DecodeOptions) -> str:
+        """The deployment's finals, timed from the commit for the observer."""
+        start = time.monotonic()
+        try:
+            text = await self._finals(audio, options)
+        except BaseException:
+            self.observer.turn_ended(False, time.monotonic() - start, audio.size / SAMPLE_RATE)
+            raise
+        self.observer.turn_ended(True, time.monotonic() - start, audio.size / SAMPLE_RATE)
+        return text
 
     def _new_stream(self, settings: SessionSettings) -> LiveStream:
         return LiveStream(
@@ -209,15 +234,18 @@ class RealtimeSessions:
                     continue
                 stepped = True
                 streams = [s.stream for s in ready]
+                started = time.monotonic()
                 try:
                     taken = stepper.take(streams)  # on the loop: appends cannot interleave
                     outputs = await asyncio.to_thread(stepper.compute, taken)
                 except Exception:
                     log.exception("live step failed for %d sessions", len(ready))
+                    self.observer.step_failed(len(ready))
                     for session, stream in zip(ready, streams, strict=True):
                         if session.stream is stream:
                             session.step_failed()
                     continue
+                self.observer.step_done(len(ready), time.monotonic() - started)
                 for session, stream, out in zip(ready, streams, outputs, strict=True):
                     # Stale if an update, clear or commit started anew while it ran.
                     if session.stream is not stream or stream.segment != out.segment:
@@ -227,5 +255,6 @@ class RealtimeSessions:
                     except Exception:  # one session's fault must not stop the others' loop
                         log.exception("live session %s: its step result failed", session.id)
                         session.step_failed()
+                        self.observer.step_failed(1)
             if not stepped:
                 await asyncio.sleep(STEP_IDLE_S)

@@ -1,22 +1,28 @@
 """The metrics an operator scrapes: Ray's metrics export port on the running test
-apps, after traffic that exercises each (plain and SSE transcriptions, a 415, and a
-Transcriber replica killed under load, whose chunks are retried). Every metric the
-project defines must be there with its HELP text, and the ones with a meaning to check
-must say the right thing (the 415 counted under its code, the retries counted)."""
+apps, after traffic that exercises each (plain and SSE transcriptions, a 415, a
+Transcriber replica killed under load, whose chunks are retried, and a live session
+with a refusal beside it). Every metric the project defines must be there with its
+HELP text, and the ones with a meaning to check must say the right thing (the 415
+counted under its code, the retries counted, the live turn and the refusal counted).
+The one a test through Serve cannot provoke, a live step that raises, is checked on
+the sessions' observer (tests/test_realtime_sessions.py)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 
 import httpx
 import pytest
 from fault_tools import TRANSCRIPTIONS, kill_under_load, transcriber_pids, wait_for
-from serve_helpers import RELIABLE_APP, wav_bytes
+from serve_helpers import API_KEY, REALTIME_APP, REALTIME_PREFIX, RELIABLE_APP, wav_bytes
 
 from serve_app.serve.metrics import EXPORTED_METRICS
 
 pytestmark = pytest.mark.serve
+FAULT_ONLY = {"ray_reverb_realtime_step_failures_total"}
 
 
 def scrape() -> str:
@@ -54,6 +60,27 @@ def _fail_one_row() -> None:
     assert isinstance(handle.decode.remote(job).result(timeout_s=60), ReverbServeError)
 
 
+def _live_turn_and_a_refusal(base_url: str, audio) -> None:
+    """One live session that commits a turn and gets its final, and one socket without
+    the key, refused."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = base_url.replace("http://", "ws://") + REALTIME_PREFIX + "?intent=transcription"
+    with pytest.raises(InvalidStatus):
+        connect(url, open_timeout=30)
+    pcm = base64.b64encode((audio.clip(-1, 1) * 32767).astype("<i2").tobytes()).decode()
+    key = f"openai-insecure-api-key.{API_KEY}"
+    with connect(url, subprotocols=["realtime", key], open_timeout=30) as ws:
+        pcm16k = {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}
+        update = {"type": "transcription", "audio": {"input": pcm16k}}
+        ws.send(json.dumps({"type": "session.update", "session": update}))
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm}))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        while not json.loads(ws.recv(timeout=120))["type"].endswith("transcription.completed"):
+            pass
+
+
 def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
     url = serve_cluster.reliable_url
     clip = wav_bytes(speech(30.0, 11))  # two chunks
@@ -71,6 +98,7 @@ def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
         "Serve replaced the killed replica",
     )
     _fail_one_row()  # after the kill: a killed replica's counters die with it
+    _live_turn_and_a_refusal(serve_cluster.base_url, speech(3.0, 12))
 
     deadline = time.monotonic() + 90  # Ray exports every few seconds
     while True:
@@ -78,16 +106,23 @@ def test_every_operator_metric_is_exported_with_its_help(serve_cluster, speech):
         missing = [
             name
             for name, kind in EXPORTED_METRICS.items()
-            if not re.search(rf"^# HELP {name} \S", page, re.MULTILINE)
-            or f"# TYPE {name} {kind}" not in page
+            if name not in FAULT_ONLY
+            and (
+                not re.search(rf"^# HELP {name} \S", page, re.MULTILINE)
+                or f"# TYPE {name} {kind}" not in page
+            )
         ]
         retries = _sample(page, "ray_reverb_chunk_retries_total", application=RELIABLE_APP)
         rejected = _sample(
             page, "ray_reverb_rejections_total", status="415", code="unsupported_audio"
         )
-        if not missing and retries > 0 and rejected > 0:
+        live_turns = _sample(
+            page, "ray_reverb_realtime_turns_total", application=REALTIME_APP, outcome="completed"
+        )
+        unauthorized = _sample(page, "ray_reverb_realtime_refusals_total", code="unauthorized")
+        if not missing and retries > 0 and rejected > 0 and live_turns > 0 and unauthorized > 0:
             break
-        assert time.monotonic() < deadline, (missing, retries, rejected)
+        assert time.monotonic() < deadline, (missing, retries, rejected, live_turns, unauthorized)
         time.sleep(2)
     assert _sample(page, "ray_reverb_audio_received_seconds_total", application=RELIABLE_APP) > 0
     assert _sample(page, "ray_reverb_sse_first_delta_seconds_count", application=RELIABLE_APP) > 0
