@@ -194,6 +194,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--service-clips", type=int, default=6, help="clips per session")
     parser.add_argument(
+        "--append-ms",
+        type=float,
+        default=100,
+        help="audio per append in the service's sessions: 100 ms as the page and "
+        "examples/realtime_stream.py send (figures before the fifth round used 40)",
+    )
+    parser.add_argument(
         "--final-model", help="the finals' model (default: configs/local.yaml's, models/demo)"
     )
     parser.add_argument("--md", type=Path)

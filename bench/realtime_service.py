@@ -2,8 +2,8 @@
 
 configs/local.yaml's two apps run on a local Ray (what ``make run`` serves), the
 realtime one with the benchmark's ``--model``. Each session streams ``--service-clips`` held-out
-clips, each followed by 1.2 s of digital silence, as 16 kHz PCM16 in 40 ms appends paced at
-real time, with the server's VAD on (500 ms of silence ends a turn), then commits.
+clips, each followed by 1.2 s of digital silence, as 16 kHz PCM16 in ``--append-ms`` appends
+paced at real time, with the server's VAD on (500 ms of silence ends a turn), then commits.
 Every event is timed on arrival. Per clip (the turns whose audio overlaps it most):
 
 * time from its speech onset (its first word's start, due at real time) to its first
@@ -35,7 +35,6 @@ import numpy as np
 from bench._common import REPO_ROOT, app_config, free_ports, local_ray, md_table, wav_bytes
 from serve_app.engine.features import SAMPLE_RATE
 
-PIECE = int(0.04 * SAMPLE_RATE)
 PAUSE_S = 1.2
 QUIET_S = 2.0  # after the last append: no events this long and nothing open means done
 
@@ -78,6 +77,19 @@ def service_config(args: argparse.Namespace, port: int, sessions: int) -> dict[s
     return config
 
 
+Span = tuple[float, float]  # start, end (s)
+
+
+def speech_spans(clips: list[Any], offsets: list[float]) -> list[Span]:
+    """Each clip's speech, in seconds of its session's stream."""
+    return [(o + c.speech_start, o + c.speech_end) for o, c in zip(offsets, clips, strict=True)]
+
+
+def clip_of_each_turn(spans: list[Span], turns: list[Span]) -> list[int]:
+    """For each turn, the clip whose speech span it overlaps most."""
+    return [int(np.argmax([min(hi, b) - max(lo, a) for a, b in spans])) for lo, hi in turns]
+
+
 def session_audio(clips: list[Any]) -> tuple[np.ndarray, list[float]]:
     """The clips with a pause after each, as PCM16, and where each clip starts (s)."""
     pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)
@@ -90,7 +102,7 @@ def session_audio(clips: list[Any]) -> tuple[np.ndarray, list[float]]:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2"), offsets
 
 
-async def run_session(url: str, log: SessionLog, chunk: int) -> None:
+async def run_session(url: str, log: SessionLog, chunk: int, piece: int) -> None:
     from websockets.asyncio.client import connect
 
     async with connect(url + "?intent=transcription", open_timeout=60, max_size=None) as ws:
@@ -113,10 +125,10 @@ async def run_session(url: str, log: SessionLog, chunk: int) -> None:
         last_event = [time.monotonic()]
         receiver = asyncio.create_task(_receive(ws, log, last_event))
         log.t0 = time.monotonic()
-        for i, at in enumerate(range(0, log.pcm.size, PIECE)):
-            await asyncio.sleep(max(0.0, log.t0 + (i + 1) * PIECE / SAMPLE_RATE - time.monotonic()))
-            piece = base64.b64encode(log.pcm[at : at + PIECE].tobytes()).decode()
-            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+        for i, at in enumerate(range(0, log.pcm.size, piece)):
+            await asyncio.sleep(max(0.0, log.t0 + (i + 1) * piece / SAMPLE_RATE - time.monotonic()))
+            audio = base64.b64encode(log.pcm[at : at + piece].tobytes()).decode()
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
         await ws.send(json.dumps({"type": "input_audio_buffer.commit", "event_id": "end"}))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -156,17 +168,12 @@ def score(logs: list[SessionLog], clips_per_session: list[list[Any]], base_url: 
     equal = compared = 0
     with httpx.Client(base_url=base_url, timeout=300) as http:
         for log, clips in zip(logs, clips_per_session, strict=True):
-            spans = [
-                (o + c.speech_start, o + c.speech_end)
-                for o, c in zip(log.offsets, clips, strict=True)
-            ]
+            spans = speech_spans(clips, log.offsets)
             owned: list[list[Item]] = [[] for _ in clips]
-            for item in log.items.values():
-                if item.start_ms is None or item.end_ms is None:
-                    continue
-                lo, hi = item.start_ms / 1000, item.end_ms / 1000
-                overlaps = [min(hi, b) - max(lo, a) for a, b in spans]
-                owned[int(np.argmax(overlaps))].append(item)
+            items = [i for i in log.items.values() if None not in (i.start_ms, i.end_ms)]
+            turns = [(i.start_ms / 1000, i.end_ms / 1000) for i in items]
+            for item, clip in zip(items, clip_of_each_turn(spans, turns), strict=True):
+                owned[clip].append(item)
                 if item.final is not None:
                     cut = log.pcm[item.start_ms * 16 : item.end_ms * 16].astype(np.float32) / 32768
                     files = {"file": ("turn.wav", wav_bytes(cut))}
@@ -212,6 +219,7 @@ def run_service(args: argparse.Namespace, clips: list[Any]) -> dict[str, Any]:
     from serve_app.deploy import deploy_config
 
     counts = [n for n in args.service_streams if n > 0]
+    piece = int(args.append_ms * SAMPLE_RATE / 1000)
     rows = []
     with local_ray() as dashboard:
         (port,) = free_ports(1)
@@ -230,7 +238,7 @@ def run_service(args: argparse.Namespace, clips: list[Any]) -> dict[str, Any]:
             logs = [SessionLog(*session_audio(c)) for c in per_session]
 
             async def all_sessions(logs: list[SessionLog] = logs) -> None:
-                await asyncio.gather(*(run_session(ws_url, log, args.chunk) for log in logs))
+                await asyncio.gather(*(run_session(ws_url, log, args.chunk, piece) for log in logs))
 
             asyncio.run(all_sessions())
             row = {"sessions": n, **score(logs, per_session, base_url)}
@@ -263,7 +271,8 @@ def run_service(args: argparse.Namespace, clips: list[Any]) -> dict[str, Any]:
     ]
     markdown = "\n".join(
         [
-            "## Service: live sessions through Serve (server VAD, 16 kHz PCM16, 40 ms appends)",
+            "## Service: live sessions through Serve (server VAD, 16 kHz PCM16, "
+            f"{args.append_ms:g} ms appends)",
             "",
             md_table(headers, table),
         ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from bench import engine_sweep, gpu_bench, search_ab
+from bench import engine_sweep, gpu_bench, realtime_turns, search_ab
 
 
 def test_engine_sweep_runs(tiny_model_dir, tmp_path):
@@ -49,3 +49,16 @@ def test_search_ab_runs_and_both_searches_agree(tiny_model_dir, tmp_path):
     rows += [line for line in out.read_text().splitlines() if line.startswith("| attention_")]
     assert len(rows) == 2
     assert all(line.rstrip(" |").endswith("3/3") for line in rows)
+
+
+def test_realtime_turns_scores_live_finals_against_whole_clips(tmp_path):
+    """One session of six word-joined held-out clips through the live session and the
+    step loop, without Ray: every turn gets a final, and on clips with clear pauses the
+    turns' finals score as the whole clips do (the demo model's own figure)."""
+    out = tmp_path / "turns.json"
+    argv = ["--model", "models/demo-live", "--data", "tests/data/demo", "--kind", "heldout"]
+    argv += ["--clips", "6", "--prefix-padding-ms", "300", "--json", str(out)]
+    realtime_turns.main(argv)
+    (row,) = json.loads(out.read_text())
+    assert row["prefix_padding_ms"] == 300
+    assert row["final_wer"] == row["whole_wer"] < 10
