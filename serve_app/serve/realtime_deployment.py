@@ -58,6 +58,14 @@ async def realtime(websocket: WebSocket) -> None:
     await _this_replica().sessions.serve_session(websocket)
 
 
+@realtime_app.get("/readyz")
+async def readyz() -> dict[str, Any]:
+    """The live endpoint's probe, as ``/readyz`` is the file API's (no key): Serve routes
+    it only to a replica that has started, its model loaded, so a 200 means sessions
+    can be opened; the body says how many this replica holds."""
+    return _this_replica().sessions.readiness()
+
+
 @serve.deployment(name="Realtime", ray_actor_options={"num_cpus": 1})
 @serve.ingress(realtime_app)
 class Realtime:

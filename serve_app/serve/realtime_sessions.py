@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import time
+from typing import Any
 
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
@@ -69,6 +70,16 @@ class RealtimeSessions:
         self.sessions: set[LiveSession] = set()
         self._finals = finals
         self._loop: asyncio.Task[None] | None = None
+
+    def readiness(self) -> dict[str, Any]:
+        """What the live endpoint's ``/readyz`` reports for this replica."""
+        return {
+            "status": "ready",
+            "model": self.config.model,
+            "device": str(self.model.device),
+            "sessions": len(self.sessions),
+            "max_sessions": self.config.max_sessions,
+        }
 
     # ------------------------------------------------------------------ the socket
 

@@ -87,6 +87,16 @@ def test_the_openai_sdk_realtime_client_gets_deltas_and_a_final_equal_to_the_fil
     assert deltas == deltas.strip() and "  " not in deltas
 
 
+def test_the_live_endpoint_has_its_own_readiness_probe_without_the_key(serve_cluster):
+    """Load balancers probe the live endpoint apart from the file API's /readyz: the
+    Realtime replica answers once it has started (its model loaded), key or not."""
+    ready = httpx.get(serve_cluster.base_url + REALTIME_PREFIX + "/readyz", timeout=30)
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready" and body["device"] == "cpu"
+    assert 0 <= body["sessions"] <= body["max_sessions"] == 3
+
+
 def test_without_the_key_the_socket_is_refused_and_the_subprotocol_key_works(serve_cluster):
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
