@@ -12,17 +12,16 @@ with the reason, on any difference: the shell script only reports the step.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 from openai import OpenAI
@@ -70,23 +69,21 @@ def stream_and_refuse(client: OpenAI, clip: Path, expected: str) -> None:
         sys.exit("an upload that is not audio was accepted")
 
 
-@contextlib.contextmanager
-def connected(client: OpenAI, wait_s: float = 60) -> Iterator[Any]:
-    """A realtime connection, retried while the realtime app is still starting (/readyz
-    is the file API's; the Realtime replica loads its own copy of the model)."""
+def wait_until_live_ready(client: OpenAI, wait_s: float = 60) -> dict[str, Any]:
+    """The live endpoint's own probe: /readyz is the file API's, and the Realtime
+    replica loads its own copy of the model, so it may come up later."""
+    url = str(client.base_url).replace("/v1/", "/v1/realtime/readyz")
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            conn = client.realtime.connect(extra_query={"intent": "transcription"}).enter()
-            break
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                sys.exit(f"no realtime connection after {wait_s:g} s: {exc!r}")
-            time.sleep(1)
-    try:
-        yield conn
-    finally:
-        conn.close()
+            answer = httpx.get(url, timeout=10)
+            if answer.status_code == 200:
+                return answer.json()
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"{url} not 200 after {wait_s:g} s")
+        time.sleep(1)
 
 
 def live(client: OpenAI, clip: Path, expected: str) -> None:
@@ -96,7 +93,8 @@ def live(client: OpenAI, clip: Path, expected: str) -> None:
     step = int(RATE * PIECE_S)
     sent = threading.Event()
     deltas, finals, problems, open_items = [], [], [], set()
-    with connected(client) as conn:
+    print(f"  /v1/realtime/readyz: {wait_until_live_ready(client)}")
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
         conn.session.update(
             session={
                 "type": "transcription",
