@@ -287,11 +287,10 @@ class RealtimeMetrics(RealtimeObserver):
             description="Seconds of audio in the turns sent for a final.",
         )
 
-    def session_opened(self, open_sessions: int) -> None:
-        self.sessions.set(open_sessions)
+    def sessions_open(self, count: int) -> None:
+        self.sessions.set(count)
 
-    def session_ended(self, reason: str, open_sessions: int) -> None:
-        self.sessions.set(open_sessions)
+    def session_ended(self, reason: str) -> None:
         self.ends.inc(tags={"reason": reason})
 
     def session_refused(self, code: str) -> None:

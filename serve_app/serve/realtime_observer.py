@@ -10,10 +10,12 @@ from __future__ import annotations
 
 
 class RealtimeObserver:
-    def session_opened(self, open_sessions: int) -> None:
-        """A session was accepted; ``open_sessions`` are open on the replica now."""
+    def sessions_open(self, count: int) -> None:
+        """How many sessions are open on the replica: at every open and end, and about
+        once a second besides (Ray drops a gauge that is not set again within two
+        export intervals)."""
 
-    def session_ended(self, reason: str, open_sessions: int) -> None:
+    def session_ended(self, reason: str) -> None:
         """A session ended: ``closed`` (by the client), ``expired`` (max_session_s),
         ``slow_reader`` (its events went unread) or ``error``."""
 

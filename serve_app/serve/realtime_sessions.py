@@ -5,8 +5,9 @@ does (see :mod:`serve_app.serve.realtime_deployment` for the topology).
 browser subprotocol), refuses past the session limit, relays the session's events,
 closes a client that never reads them, and runs the one step loop that decodes every
 session's ready chunk in a batched step. Finals come from the ``finals`` callable the
-deployment gives it (the transcription app's handle), so the whole of it can be
-tested with a plain ASGI server.
+deployment gives it (the transcription app's handle), and what happens goes to a
+:class:`~serve_app.serve.realtime_observer.RealtimeObserver` (the deployment's
+Prometheus metrics), so the whole of it can be tested with a plain ASGI server.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from serve_app.serve.realtime_observer import RealtimeObserver
 log = logging.getLogger("ray.serve")
 
 STEP_IDLE_S = 0.005
+GAUGE_REFRESH_S = 1.0  # the open-sessions gauge is set again this often
 MAX_UNSENT_EVENTS = 1000  # a client that sends but never reads is closed past this
 CLOSE_WAIT_S = 10  # for the last events and the close frame to go out
 
@@ -107,7 +109,7 @@ class RealtimeSessions:
         self._start_loop()
         session = LiveSession(self._new_stream, self._detokenize, self._timed_final)
         self.sessions.add(session)
-        self.observer.session_opened(len(self.sessions))
+        self.observer.sessions_open(len(self.sessions))
         sender = asyncio.create_task(self._send_events(websocket, session))
         reads, ended = True, "error"
         try:
@@ -131,7 +133,8 @@ class RealtimeSessions:
             reads, ended = False, "slow_reader"
         finally:
             self.sessions.discard(session)
-            self.observer.session_ended(ended, len(self.sessions))
+            self.observer.session_ended(ended)
+            self.observer.sessions_open(len(self.sessions))
             await session.drain()
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -233,7 +236,11 @@ class RealtimeSessions:
             self._loop = asyncio.get_running_loop().create_task(self._step_forever())
 
     async def _step_forever(self) -> None:
+        reported = time.monotonic()
         while True:
+            if time.monotonic() - reported > GAUGE_REFRESH_S:
+                self.observer.sessions_open(len(self.sessions))
+                reported = time.monotonic()
             stepped = False
             for size, stepper in self.steppers.items():
                 ready = [

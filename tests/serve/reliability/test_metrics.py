@@ -76,6 +76,7 @@ def _live_turn_and_a_refusal(base_url: str, audio) -> None:
         update = {"type": "transcription", "audio": {"input": pcm16k}}
         ws.send(json.dumps({"type": "session.update", "session": update}))
         ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": pcm}))
+        time.sleep(1.0)  # the step loop decodes the appended chunks before the commit
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         while not json.loads(ws.recv(timeout=120))["type"].endswith("transcription.completed"):
             pass
