@@ -77,7 +77,7 @@ class RealtimeSessions:
         """What the live endpoint's ``/readyz`` reports for this replica."""
         return {
             "status": "ready",
-            "model": self.config.model,
+            "model": self.config.served_model_name,  # never the server's own paths
             "device": str(self.model.device),
             "sessions": len(self.sessions),
             "max_sessions": self.config.max_sessions,

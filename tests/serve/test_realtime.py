@@ -94,6 +94,7 @@ def test_the_live_endpoint_has_its_own_readiness_probe_without_the_key(serve_clu
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ready" and body["device"] == "cpu"
+    assert "/" not in body["model"]  # the served id, not the replica's model path
     assert 0 <= body["sessions"] <= body["max_sessions"] == 3
 
 
