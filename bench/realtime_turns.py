@@ -36,27 +36,16 @@ APPEND = 1600  # 100 ms at 16 kHz
 
 def session_finals(model: Any, transcriber: Any, clips: list[Clip], args, padding_ms: int):
     """The finals of one session over ``clips``, grouped by the clip each turn covers."""
-    from serve_app.live.decoder import LiveStepper, LiveStream
+    from serve_app.live.decoder import LiveStepper
     from serve_app.live.session import LiveSession
 
     async def finals(audio: np.ndarray, options: Any) -> str:
         return transcriber.transcribe(audio, options).text
 
-    def stream(settings: Any) -> LiveStream:
-        return LiveStream(
-            settings.transcription.verbatimicity,
-            beam_size=4,
-            device=model.device,
-            rules=settings.endpoint_rules,
-        )
-
-    def detokenize(tokens: tuple[int, ...]) -> str:
-        return model.tokenizer.detokenize(list(tokens))[0] if tokens else ""
-
     async def run() -> list[list[str]]:
         pcm, offsets = session_audio(clips)
         stepper = LiveStepper(model, args.chunk)
-        session = LiveSession(stream, detokenize, finals)
+        session = LiveSession.on_model(model, finals, beam_size=4)
         vad = {
             "type": "server_vad",
             "silence_duration_ms": args.silence_ms,

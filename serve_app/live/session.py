@@ -22,12 +22,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
 
 from serve_app.engine.options import DecodeOptions
+
+if TYPE_CHECKING:  # the model module loads wenet; a session needs only its interface
+    from serve_app.engine.model import ReverbModel
 from serve_app.live.decoder import LiveStream, StepOutput
 from serve_app.live.endpointing import FRAME_MS, SpeechStarted, SpeechStopped
 from serve_app.live.protocol import (
@@ -103,6 +106,28 @@ class LiveSession:
         self._previous_item: str | None = None
         self._restart()
         self._emit(server_event("session.created", session=self.described()))
+
+    @classmethod
+    def on_model(
+        cls, model: ReverbModel, finals: FinalTranscriber, *, beam_size: int
+    ) -> LiveSession:
+        """A session whose partials come from ``model``: its streams decode on the
+        model's device with the session's verbatimicity and turn detection, and its
+        tokens are read by the model's tokenizer (what a realtime replica serves, and
+        what the benchmarks replay without Ray)."""
+
+        def new_stream(settings: SessionSettings) -> LiveStream:
+            return LiveStream(
+                settings.transcription.verbatimicity,
+                beam_size=beam_size,
+                device=model.device,
+                rules=settings.endpoint_rules,
+            )
+
+        def detokenize(tokens: tuple[int, ...]) -> str:
+            return model.tokenizer.detokenize(list(tokens))[0] if tokens else ""
+
+        return cls(new_stream, detokenize, finals)
 
     # ------------------------------------------------------------------ state
 

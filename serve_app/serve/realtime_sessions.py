@@ -26,10 +26,9 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from serve_app.engine.model import ReverbModel
 from serve_app.engine.options import DecodeOptions
-from serve_app.live.decoder import LiveStepper, LiveStream
+from serve_app.live.decoder import LiveStepper
 from serve_app.live.protocol import (
     ProtocolError,
-    SessionSettings,
     error_event,
     parse_client_event,
 )
@@ -107,7 +106,9 @@ class RealtimeSessions:
             )
             return
         self._start_loop()
-        session = LiveSession(self._new_stream, self._detokenize, self._timed_final)
+        session = LiveSession.on_model(
+            self.model, self._timed_final, beam_size=self.config.live_beam_size
+        )
         self.sessions.add(session)
         self.observer.sessions_open(len(self.sessions))
         sender = asyncio.create_task(self._send_events(websocket, session))
@@ -209,25 +210,13 @@ class RealtimeSessions:
 
     async def _timed_final(self, audio: np.ndarray, options: DecodeOptions) -> str:
         """The deployment's finals, timed from the commit for the observer."""
-        start = time.monotonic()
+        start, completed = time.monotonic(), False
         try:
             text = await self._finals(audio, options)
-        except BaseException:
-            self.observer.turn_ended(False, time.monotonic() - start, audio.size / SAMPLE_RATE)
-            raise
-        self.observer.turn_ended(True, time.monotonic() - start, audio.size / SAMPLE_RATE)
-        return text
-
-    def _new_stream(self, settings: SessionSettings) -> LiveStream:
-        return LiveStream(
-            settings.transcription.verbatimicity,
-            beam_size=self.config.live_beam_size,
-            device=self.model.device,
-            rules=settings.endpoint_rules,
-        )
-
-    def _detokenize(self, tokens: tuple[int, ...]) -> str:
-        return self.model.tokenizer.detokenize(list(tokens))[0] if tokens else ""
+            completed = True
+            return text
+        finally:
+            self.observer.turn_ended(completed, time.monotonic() - start, audio.size / SAMPLE_RATE)
 
     # ------------------------------------------------------------------ the step loop
 
