@@ -11,7 +11,6 @@ with the reason, on any difference: the shell script only reports the step.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -28,7 +27,7 @@ from openai import OpenAI
 
 DATA = Path("tests/data/demo")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from realtime_stream import PIECE_S, RATE, pcm16_at_24k  # noqa: E402
+from realtime_stream import FINAL_COMMIT, RATE, pcm16_at_24k, send_audio  # noqa: E402
 
 
 def words(text: str) -> list[str]:
@@ -90,7 +89,6 @@ def live(client: OpenAI, clip: Path, expected: str) -> None:
     """One realtime session: the clip and a second of silence at real time, then a
     commit for anything the server's VAD has not ended; every item must complete."""
     pcm = np.concatenate([pcm16_at_24k(clip), np.zeros(RATE, "<i2")])
-    step = int(RATE * PIECE_S)
     sent = threading.Event()
     deltas, finals, problems, open_items = [], [], [], set()
     print(f"  /v1/realtime/readyz: {wait_until_live_ready(client)}")
@@ -101,17 +99,8 @@ def live(client: OpenAI, clip: Path, expected: str) -> None:
                 "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE}}},
             }
         )
-
-        def send() -> None:
-            start = time.monotonic()
-            for i, at in enumerate(range(0, pcm.size, step)):
-                time.sleep(max(0.0, start + i * PIECE_S - time.monotonic()))
-                piece = base64.b64encode(pcm[at : at + step].tobytes()).decode()
-                conn.input_audio_buffer.append(audio=piece)
-            sent.set()  # before the commit: its answer may come back first
-            conn.input_audio_buffer.commit(event_id="end")
-
-        threading.Thread(target=send, daemon=True).start()
+        # The example's sender: 100 ms appends at real time, then the commit.
+        threading.Thread(target=send_audio, args=(conn, pcm, True, sent), daemon=True).start()
         answered, deadline = False, time.monotonic() + 120
         while not (answered and not open_items):
             if time.monotonic() > deadline:
@@ -129,7 +118,7 @@ def live(client: OpenAI, clip: Path, expected: str) -> None:
                 open_items.discard(event.item_id)
                 problems.append(event.error.message)
             elif event.type == "error":
-                if getattr(event.error, "event_id", None) == "end":
+                if getattr(event.error, "event_id", None) == FINAL_COMMIT:
                     answered = True  # the VAD had ended every turn: nothing left to commit
                 else:
                     problems.append(event.error.message)

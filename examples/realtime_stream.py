@@ -36,6 +36,7 @@ from openai import OpenAI
 
 RATE = 24_000
 PIECE_S = 0.1
+FINAL_COMMIT = "final_commit"  # the event id of the commit after the last append
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,7 +92,7 @@ def send_audio(conn, pcm: np.ndarray, paced: bool, done: threading.Event) -> Non
         piece = pcm[at : at + step].tobytes()
         conn.input_audio_buffer.append(audio=base64.b64encode(piece).decode())
     done.set()  # before the commit: its answer may come back before this line returns
-    conn.input_audio_buffer.commit(event_id="final_commit")
+    conn.input_audio_buffer.commit(event_id=FINAL_COMMIT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 open_items.discard(event.item_id)
                 print(f"\n[failed] {event.error.message}", file=sys.stderr)
             elif kind == "error":
-                if getattr(event.error, "event_id", None) == "final_commit":
+                if getattr(event.error, "event_id", None) == FINAL_COMMIT:
                     last_commit_answered = True  # nothing was left to commit
                 else:
                     print(f"\n[error] {event.error.message}", file=sys.stderr)
